@@ -1,0 +1,31 @@
+# Two commands on a fresh machine: `make demo` and `make test`.
+# Each creates (or reuses) .venv at the repo root and installs what it needs.
+VENV ?= .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+
+.PHONY: demo test install pretrain benchmark-base clean
+
+$(STAMP): pyproject.toml
+	test -x $(PY) || python3 -m venv $(VENV)
+	# CPU torch first: with no torch present, `pip install .` would pull a multi-GB CUDA build
+	$(PY) -c "import torch" 2>/dev/null || $(PY) -m pip install torch==2.13.0
+	$(PY) -m pip install -e '.[test]'
+	touch $(STAMP)
+
+install: $(STAMP)
+
+demo: $(STAMP)
+	$(PY) -m motioncrafter.cli demo --output runs/demo
+
+test: $(STAMP)
+	$(PY) -m pytest -q -p no:cacheprovider tests
+
+pretrain: $(STAMP)
+	$(PY) -m motioncrafter.toyworld.pretrain --threads 2 --unet-steps 4500
+
+benchmark-base: $(STAMP)
+	$(PY) benchmarks/base_quality.py
+
+clean:
+	rm -rf runs .pytest_cache

@@ -1,0 +1,275 @@
+"""Every default of the project, as small dataclasses, one per component.
+
+A run's configuration is one `Config`; files are TOML or YAML with one table per
+component (`[render]`, `[video]`, ...). Loading checks every key and type and
+names the offending field by its dotted path, suggesting the closest key for a
+typo. Each stage takes only its own section.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import yaml
+
+
+class ConfigError(ValueError):
+    """A configuration value or key is wrong; the message names it by dotted path."""
+
+
+def _check(cond: bool, where: str, msg: str) -> None:
+    if not cond:
+        raise ConfigError(f"{where}: {msg}")
+
+
+@dataclass
+class ModelConfig:
+    base_model: str = ""  # local folder or fsspec URI of a diffusers model; "" = shipped MovingShapes base
+    device: str = "auto"  # auto | cpu | cuda | cuda:N
+    dtype: str = "float32"  # float32 | float16 | bfloat16
+    cache_dir: str = "~/.cache/motioncrafter"  # where remote base models are copied once
+
+    def __post_init__(self) -> None:
+        _check(self.dtype in ("float32", "float16", "bfloat16"), "model.dtype", f"{self.dtype!r} is not float32, float16 or bfloat16")
+
+
+@dataclass
+class WorldConfig:
+    """MovingShapes clip geometry. Defaults train fast on a 2-core CPU."""
+
+    resolution: int = 32
+    num_frames: int = 8
+    radius: float = 0.17  # object radius, fraction of the frame
+    travel: float = 0.5  # distance a linear motion covers, fraction of the frame
+    jitter: float = 0.08  # max start offset, fraction of the frame
+    supersample: int = 4  # anti-aliasing factor of the rasterizer
+
+    def __post_init__(self) -> None:
+        _check(self.resolution >= 8, "world.resolution", f"must be >= 8, got {self.resolution}")
+        _check(self.num_frames >= 2, "world.num_frames", f"must be >= 2, got {self.num_frames}")
+
+
+@dataclass
+class VideoConfig:
+    """How reference clips are decoded into model-sized frames."""
+
+    num_frames: int = 8
+    height: int = 32
+    width: int = 32
+    sampling: str = "uniform"  # uniform: spread over the window | stride: every `stride`-th frame
+    stride: int = 1
+    fps: int = 8  # frame rate of written videos
+
+    def __post_init__(self) -> None:
+        _check(self.sampling in ("uniform", "stride"), "video.sampling", f"{self.sampling!r} is not uniform or stride")
+        _check(self.num_frames >= 1, "video.num_frames", f"must be >= 1, got {self.num_frames}")
+        _check(self.stride >= 1, "video.stride", f"must be >= 1, got {self.stride}")
+        _check(self.height >= 1 and self.width >= 1, "video.height/width", "must be positive")
+
+
+@dataclass
+class RenderConfig:
+    num_steps: int = 25
+    guidance_scale: float = 4.0
+    negative_prompt: str = ""
+    scheduler: str = "ddim"  # ddim | dpm (DPM-Solver++ multistep)
+    num_frames: int = 8
+    height: int = 32
+    width: int = 32
+    max_batch: int = 16  # samples per denoising batch: the memory bound
+    seeds: list[int] = field(default_factory=lambda: [0, 1])
+    progress: bool = False
+
+    def __post_init__(self) -> None:
+        _check(self.scheduler in ("ddim", "dpm"), "render.scheduler", f"{self.scheduler!r} is not ddim or dpm")
+        _check(self.num_steps >= 1, "render.num_steps", f"must be >= 1, got {self.num_steps}")
+        _check(self.max_batch >= 1, "render.max_batch", f"must be >= 1, got {self.max_batch}")
+
+
+@dataclass
+class MetricsConfig:
+    clip_model: str = ""  # local folder of a transformers CLIPModel; "" skips the CLIP metrics
+    mask_threshold: float = 60.0  # colour distance from the background that counts as object (MovingShapes)
+    flow_size: int = 64  # frames are resized to this before optical flow
+
+
+def _toyworld_subjects() -> list[str]:
+    from motioncrafter.toyworld.world import COLOURS, SHAPES
+
+    return [f"a {c} {s}" for c in COLOURS for s in SHAPES]
+
+
+def _toyworld_scenes() -> list[str]:
+    from motioncrafter.toyworld.world import BACKGROUNDS
+
+    return [f"on a {b} background" for b in BACKGROUNDS]
+
+
+@dataclass
+class EnhanceConfig:
+    """Appearance prior enhancement vocabularies. Defaults fit the MovingShapes base;
+    for a real base list everyday subjects and scenes ("a bear", "in a forest")."""
+
+    subjects: list[str] = field(default_factory=_toyworld_subjects)
+    scenes: list[str] = field(default_factory=_toyworld_scenes)
+    scene_words: list[str] = field(
+        default_factory=lambda: ["background", "forest", "beach", "street", "room", "city", "field", "snow", "desert", "moon", "sea", "park", "kitchen", "stage"]
+    )
+    swap_scene_prob: float = 0.5
+
+    def __post_init__(self) -> None:
+        _check(len(self.subjects) >= 2, "enhance.subjects", "needs at least two subjects to swap between")
+        _check(0 <= self.swap_scene_prob <= 1, "enhance.swap_scene_prob", f"must be in [0, 1], got {self.swap_scene_prob}")
+
+
+MODES = ("motioncrafter", "temporal_only", "motiondirector", "full_finetune")
+
+
+@dataclass
+class AdapterConfig:
+    kind: str = "lora"  # lora: LoRA on the temporal branch | full: the whole temporal branch
+    rank: int = 8
+    alpha: float = 8.0
+    spatial_rank: int = 8  # LoRA rank of the spatial path (discarded after tuning)
+
+    def __post_init__(self) -> None:
+        _check(self.kind in ("lora", "full"), "adapter.kind", f"{self.kind!r} is not lora or full")
+        _check(self.rank >= 1 and self.spatial_rank >= 1, "adapter.rank", "ranks must be >= 1")
+
+
+@dataclass
+class TuneConfig:
+    """One clip -> one motion adapter. Defaults fit the MovingShapes base on a CPU."""
+
+    mode: str = "motioncrafter"  # motioncrafter | temporal_only | motiondirector | full_finetune
+    steps: int = 200
+    lr: float = 1e-3  # temporal branch (motion adapter)
+    spatial_lr: float = 1e-3  # spatial path
+    weight_decay: float = 0.0
+    lambda_app: float = 1.0  # weight of appearance normalization against the frozen base
+    beta: float = 1.0  # MotionDirector appearance-debiasing weight of the anchor frame
+    num_frames: int = 8  # frames of the clip the adapter learns from
+    batch: int = 1  # noise draws of the clip per step and rank
+    grad_clip: float = 1.0
+    seed: int = 0
+    engine: str = "torch"  # torch (AdamW) | deepspeed
+    zero_stage: int = 0  # DeepSpeed ZeRO stage 0-3
+    offload: bool = False  # DeepSpeed: optimizer state in CPU memory
+    log_every: int = 10
+    progress: bool = True
+
+    def __post_init__(self) -> None:
+        _check(self.mode in MODES, "tune.mode", f"{self.mode!r} is not one of {MODES}")
+        _check(self.steps >= 1, "tune.steps", f"must be >= 1, got {self.steps}")
+        _check(self.lambda_app >= 0, "tune.lambda_app", f"must be >= 0, got {self.lambda_app}")
+        _check(self.lr > 0 and self.spatial_lr > 0, "tune.lr", "learning rates must be > 0")
+        _check(self.num_frames >= 2, "tune.num_frames", f"a motion needs >= 2 frames, got {self.num_frames}")
+        _check(self.batch >= 1, "tune.batch", f"must be >= 1, got {self.batch}")
+        _check(self.engine in ("torch", "deepspeed"), "tune.engine", f"{self.engine!r} is not torch or deepspeed")
+        _check(self.zero_stage in (0, 1, 2, 3), "tune.zero_stage", f"must be 0, 1, 2 or 3, got {self.zero_stage}")
+
+
+@dataclass
+class Config:
+    model: ModelConfig = field(default_factory=ModelConfig)
+    world: WorldConfig = field(default_factory=WorldConfig)
+    video: VideoConfig = field(default_factory=VideoConfig)
+    render: RenderConfig = field(default_factory=RenderConfig)
+    metrics: MetricsConfig = field(default_factory=MetricsConfig)
+    enhance: EnhanceConfig = field(default_factory=EnhanceConfig)
+    adapter: AdapterConfig = field(default_factory=AdapterConfig)
+    tune: TuneConfig = field(default_factory=TuneConfig)
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+
+# --------------------------------------------------------------------- loading
+
+
+def _coerce(value, tp, where: str):
+    """Check `value` against the annotation `tp`; ints are accepted for floats."""
+    origin = typing.get_origin(tp)
+    if dataclasses.is_dataclass(tp):
+        _check(isinstance(value, dict), where, f"expected a table, got {type(value).__name__}")
+        return from_dict(tp, value, where)
+    if origin in (list, tuple):
+        _check(isinstance(value, (list, tuple)), where, f"expected a list, got {type(value).__name__}")
+        (item,) = typing.get_args(tp)[:1] or (typing.Any,)
+        items = [_coerce(v, item, f"{where}[{i}]") for i, v in enumerate(value)]
+        return origin(items)
+    if origin in (typing.Union, types.UnionType):
+        if value is None and type(None) in typing.get_args(tp):
+            return None
+        tp = next(a for a in typing.get_args(tp) if a is not type(None))
+        return _coerce(value, tp, where)
+    if tp is typing.Any:
+        return value
+    if tp is float and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    ok = isinstance(value, tp) and not (tp is int and isinstance(value, bool))
+    _check(ok, where, f"expected {tp.__name__}, got {type(value).__name__} {value!r}")
+    return value
+
+
+def from_dict(cls, data: dict, where: str = ""):
+    """Build dataclass `cls` from a plain dict, rejecting unknown keys and wrong types."""
+    hints = typing.get_type_hints(cls)
+    names = [f.name for f in dataclasses.fields(cls)]
+    kwargs = {}
+    for key, value in data.items():
+        path = f"{where}.{key}" if where else key
+        if key not in names:
+            close = difflib.get_close_matches(key, names, n=1)
+            hint = f"; did you mean {close[0]!r}?" if close else f"; known keys: {', '.join(names)}"
+            raise ConfigError(f"{path}: unknown key{hint}")
+        kwargs[key] = _coerce(value, hints[key], path)
+    try:
+        return cls(**kwargs)
+    except ConfigError:
+        raise
+    except (TypeError, ValueError) as err:
+        raise ConfigError(f"{where or cls.__name__}: {err}") from err
+
+
+def _parse_text(text: str, suffix: str) -> dict:
+    if suffix == ".toml":
+        import tomllib
+
+        return tomllib.loads(text)
+    return yaml.safe_load(text) or {}
+
+
+def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> Config:
+    """Defaults, then the file (TOML or YAML, by suffix), then `section.key=value` overrides."""
+    data: dict = {}
+    if path:
+        path = Path(path)
+        if not path.exists():
+            raise ConfigError(f"config file {path} does not exist")
+        try:
+            data = _parse_text(path.read_text(), path.suffix.lower())
+        except Exception as err:  # tomllib / yaml each raise their own error type
+            raise ConfigError(f"{path}: cannot parse: {err}") from err
+        _check(isinstance(data, dict), str(path), "the top level must be a table of sections")
+    for item in overrides or []:
+        key, sep, raw = item.partition("=")
+        _check(bool(sep) and "." in key, item, "an override is section.key=value")
+        section, _, name = key.strip().partition(".")
+        data.setdefault(section, {})[name] = yaml.safe_load(raw)
+    return from_dict(Config, data)
+
+
+def save_config(cfg: Config, path: str | Path) -> None:
+    path = Path(path)
+    if path.suffix.lower() == ".toml":
+        import tomli_w
+
+        path.write_text(tomli_w.dumps(cfg.to_dict()))
+    else:
+        path.write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False))
