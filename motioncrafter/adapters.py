@@ -84,6 +84,35 @@ class Adapter:
         return cls(tensors, meta)
 
 
+def save_adapter(adapter: Adapter, uri: str) -> None:
+    """Write an adapter folder to a local path or any fsspec URI (s3://...)."""
+    import tempfile
+
+    from motioncrafter import storage
+
+    with tempfile.TemporaryDirectory() as tmp:
+        adapter.save(tmp)
+        for name in (WEIGHTS_NAME, META_NAME):
+            storage.write_bytes(storage.join(uri, name), (Path(tmp) / name).read_bytes())
+
+
+def load_adapter(uri: str) -> Adapter:
+    """Read an adapter folder from a local path or any fsspec URI."""
+    import tempfile
+
+    from motioncrafter import storage
+
+    if Path(uri).exists():
+        return Adapter.load(uri)
+    source = uri if uri.endswith(".safetensors") else storage.join(uri, WEIGHTS_NAME)
+    if not storage.exists(source):
+        raise AdapterError(f"{uri}: no {WEIGHTS_NAME} found")
+    with tempfile.TemporaryDirectory() as tmp:
+        local = Path(tmp) / WEIGHTS_NAME
+        local.write_bytes(storage.read_bytes(source))
+        return Adapter.load(local)
+
+
 # ------------------------------------------------------------ LoRA on a resident UNet
 
 

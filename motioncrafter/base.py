@@ -151,3 +151,20 @@ def load_base(folder: str | Path, device: str = "cpu", dtype: torch.dtype = torc
     for module in (base.text_encoder, base.vae, base.unet):
         module.requires_grad_(False).eval()
     return base.to(device, dtype)
+
+
+def resolve_device(name: str) -> str:
+    if name == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    return name
+
+
+def open_base(cfg) -> BaseModel:
+    """The base a `ModelConfig` names: the shipped MovingShapes base by default, else a local
+    folder or an fsspec URI (copied once into `cfg.cache_dir`, keyed by URI and content)."""
+    from motioncrafter.storage import local_copy
+    from motioncrafter.toyworld import BASE_DIR
+
+    source = cfg.base_model or str(BASE_DIR)
+    folder = local_copy(source, Path(cfg.cache_dir).expanduser() / "models")
+    return load_base(folder, resolve_device(cfg.device), getattr(torch, cfg.dtype))

@@ -14,12 +14,12 @@ from itertools import combinations
 
 import numpy as np
 
-from motioncrafter.toyworld.world import BACKGROUNDS, COLOURS, DIRECTIONS, SHAPES
+from motioncrafter.toyworld.world import BACKGROUNDS, COLOURS, DIRECTIONS, SHAPES, shape_mask
 
 _PALETTE = np.array(list(COLOURS.values()), np.float32)
 _BG_PALETTE = np.array(list(BACKGROUNDS.values()), np.float32)
-# bounding-box fill ratio of each shape as the rasterizer draws it (pi/4, 1, ~1/2)
-_FILL = {"circle": math.pi / 4, "square": 1.0, "triangle": 0.5}
+# area / radius^2 of each shape as the rasterizer draws it (see world.shape_mask)
+_AREA_PER_RADIUS2 = {"circle": math.pi, "square": 4 * 0.85**2, "triangle": 0.75 * math.sqrt(3) * 1.15**2}
 
 
 @dataclass
@@ -52,12 +52,23 @@ def object_mask(frames: np.ndarray, threshold: float = 60.0) -> np.ndarray:
 
 
 def _shape_of(mask: np.ndarray) -> str | None:
+    """The shape whose template, centred on the object with the same area, overlaps it best (IoU).
+
+    Template matching stays right on blurred or slightly deformed objects (generated
+    frames, codec output), where a bounding-box fill ratio does not.
+    """
     ys, xs = np.nonzero(mask)
     if len(xs) < 4:
         return None
-    box = (xs.max() - xs.min() + 1) * (ys.max() - ys.min() + 1)
-    fill = len(xs) / box
-    return min(SHAPES, key=lambda s: abs(_FILL[s] - fill))
+    cx, cy = xs.mean() + 0.5, ys.mean() + 0.5
+    best, best_iou = None, -1.0
+    for shape in SHAPES:
+        radius = math.sqrt(len(xs) / _AREA_PER_RADIUS2[shape])
+        template = shape_mask(shape, cx, cy, radius, mask.shape[0])
+        iou = (template & mask).sum() / max(1, (template | mask).sum())
+        if iou > best_iou:
+            best, best_iou = shape, iou
+    return best
 
 
 def observe(frames: np.ndarray, min_pixels: int = 4) -> Observation:

@@ -1,0 +1,9 @@
+"""MovingShapes: a world small enough to measure motion customization on a CPU.
+
+`BASE_DIR` is the shipped, pretrained tiny text-to-video base (diffusers folder);
+`python -m motioncrafter.toyworld.pretrain` reproduces it.
+"""
+
+from pathlib import Path
+
+BASE_DIR = Path(__file__).parent / "base"

@@ -28,7 +28,7 @@ class TinyBaseConfig:
     text_layers: int = 2
     max_tokens: int = 16
     vae_channels: tuple[int, ...] = (32, 64, 64)  # 3 blocks -> 4x downsampling
-    latent_channels: int = 8
+    latent_channels: int = 16  # 4x4x3 pixels -> 16 values: colour and edges survive
     unet_channels: tuple[int, ...] = (32, 64)
     unet_heads: int = 8
     num_train_timesteps: int = 1000

@@ -59,18 +59,20 @@ def _frames_to_tensor(frames: np.ndarray) -> torch.Tensor:
 # ----------------------------------------------------------------- stage 1: VAE
 
 
-def train_vae(vae, args, world: WorldConfig, log) -> None:
+def train_vae(vae, args, world: WorldConfig, log) -> dict:
+    """Train until the reconstructions pass the gate (checked every `vae_check_every` steps)."""
     opt = torch.optim.AdamW(vae.parameters(), lr=args.vae_lr, weight_decay=0.0)
     clips_per_step = max(1, args.vae_batch // world.num_frames)
-    vae.train()
     bar = tqdm(range(args.vae_steps), desc="vae")
+    gate: dict = {}
     for step in bar:
+        vae.train()
         specs = sample_specs(clips_per_step, seed=int(_rng(args.seed, step, 1).integers(2**31)), cfg=world)
         frames = np.concatenate([render_clip(s, world).frames for s in specs])
         x = _frames_to_tensor(frames)
         bg = torch.tensor([BACKGROUNDS[s.background] for s in specs], dtype=torch.float32)
         bg = bg.repeat_interleave(world.num_frames, 0)[:, :, None, None] / 127.5 - 1
-        # objects cover ~10% of a frame: weight their pixels so colour is not averaged away
+        # objects cover ~10% of a frame: weight their pixels so colour and edges are not averaged away
         weight = 1 + args.vae_fg_weight * ((x - bg).abs().amax(1, keepdim=True) > 0.1).float()
         posterior = vae.encode(x).latent_dist
         recon = vae.decode(posterior.sample()).sample
@@ -79,9 +81,14 @@ def train_vae(vae, args, world: WorldConfig, log) -> None:
         loss.backward()
         opt.step()
         bar.set_postfix(loss=f"{loss.item():.4f}")
-        if step % 100 == 0:
-            log({"stage": "vae", "step": step, "loss": loss.item()})
+        if (step + 1) % args.vae_check_every == 0:
+            vae.eval()
+            gate = vae_gate(vae, world, args.seed)
+            log({"stage": "vae", "step": step + 1, "loss": loss.item(), "gate": gate})
+            if min(gate["colour"], gate["shape"], gate["background"]) >= args.vae_gate:
+                break
     vae.eval()
+    return gate or vae_gate(vae, world, args.seed)
 
 
 @torch.no_grad()
@@ -206,7 +213,7 @@ def train_unet(base: BaseModel, data: torch.Tensor, captions: list[str], args, w
     start = load_checkpoint(ckpt, base, opt, ema) if ckpt.exists() else 0
     if start:
         print(f"resuming UNet training at step {start}")
-    specs = eval_prompts(world)
+    specs = eval_prompts(world, args.eval_prompts)
     bar = tqdm(range(start, args.unet_steps), desc="unet", initial=start, total=args.unet_steps)
     losses, t0 = [], time.time()
     for step in bar:
@@ -227,7 +234,10 @@ def train_unet(base: BaseModel, data: torch.Tensor, captions: list[str], args, w
         done = step + 1
         if done % args.ckpt_every == 0 or done == args.unet_steps:
             save_checkpoint(ckpt, done, base, opt, ema)
-        if done % args.eval_every == 0 or done == args.unet_steps:
+        if args.stop_after and done >= args.stop_after:
+            save_checkpoint(ckpt, done, base, opt, ema)
+            raise SystemExit(f"stopped after step {done} (--stop-after); run again to resume")
+        if args.eval_prompts and (done % args.eval_every == 0 or done == args.unet_steps):
             ema.store(params)
             ema.copy_to(params)
             base.unet.eval(), base.text_encoder.eval()
@@ -261,7 +271,8 @@ def parse_args(argv=None):
     p.add_argument("--out", default="motioncrafter/toyworld/base", help="diffusers folder to write")
     p.add_argument("--work", default=".pretrain", help="checkpoints, latents cache and logs")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--vae-steps", type=int, default=1200)
+    p.add_argument("--vae-steps", type=int, default=3000, help="at most; stops once the gate passes")
+    p.add_argument("--vae-check-every", type=int, default=250)
     p.add_argument("--vae-batch", type=int, default=32, help="frames per VAE step")
     p.add_argument("--vae-lr", type=float, default=1e-3)
     p.add_argument("--vae-fg-weight", type=float, default=10.0)
@@ -276,6 +287,8 @@ def parse_args(argv=None):
     p.add_argument("--snr-gamma", type=float, default=5.0)
     p.add_argument("--cond-dropout", type=float, default=0.1)
     p.add_argument("--eval-every", type=int, default=500)
+    p.add_argument("--eval-prompts", type=int, default=24, help="prompts rendered per evaluation (0: no evaluation)")
+    p.add_argument("--stop-after", type=int, default=0, help="stop after this UNet step, as a crash would (tests resuming)")
     p.add_argument("--ckpt-every", type=int, default=250)
     p.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
     return p.parse_args(argv)
@@ -307,9 +320,7 @@ def main(argv=None) -> None:
     if (vae_dir / "config.json").exists():
         parts["vae"] = AutoencoderKL.from_pretrained(vae_dir)
     else:
-        train_vae(parts["vae"], args, world, log)
-        gate = vae_gate(parts["vae"], world, args.seed)
-        log({"stage": "vae", "gate": gate, "minutes": (time.time() - t_start) / 60})
+        gate = train_vae(parts["vae"], args, world, log)
         if min(gate["colour"], gate["shape"], gate["background"]) < args.vae_gate:
             raise SystemExit(f"VAE gate failed: {gate} (need >= {args.vae_gate}); train it longer before the UNet")
         parts["vae"].save_pretrained(vae_dir)

@@ -133,7 +133,7 @@ def path(motion: str, t: np.ndarray, cfg: WorldConfig) -> tuple[np.ndarray, np.n
     raise ValueError(f"unknown motion {motion!r}")
 
 
-def _shape_mask(shape: str, cx: float, cy: float, r: float, size: int) -> np.ndarray:
+def shape_mask(shape: str, cx: float, cy: float, r: float, size: int) -> np.ndarray:
     """Boolean mask of a shape centred at (cx, cy) with radius r, all in pixels."""
     ys, xs = np.mgrid[0:size, 0:size] + 0.5
     dx, dy = xs - cx, ys - cy
@@ -159,7 +159,7 @@ def render(spec: ClipSpec, cfg: WorldConfig = WorldConfig()) -> Clip:
     fg = np.array(COLOURS[spec.colour], np.float32)
     frames = np.empty((n, size, size, 3), np.uint8)
     for i in range(n):
-        m = _shape_mask(spec.shape, x[i] * size * ss, y[i] * size * ss, r[i] * size * ss, size * ss)
+        m = shape_mask(spec.shape, x[i] * size * ss, y[i] * size * ss, r[i] * size * ss, size * ss)
         cover = m.reshape(size, ss, size, ss).mean(axis=(1, 3))[..., None]
         frames[i] = np.round(bg * (1 - cover) + fg * cover).astype(np.uint8)
     return Clip(spec, frames, np.stack([x, y], 1) * size, r * size)

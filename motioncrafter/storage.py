@@ -1,0 +1,207 @@
+"""Every path in the project is an fsspec URI: a local path, file://, memory://, s3://...
+
+S3 credentials and endpoints come only from the standard AWS provider chain (env,
+~/.aws/config, instance roles). s3fs (through aiobotocore) honours
+AWS_ENDPOINT_URL / AWS_ENDPOINT_URL_S3, so any S3-compatible store (MinIO, Ceph,
+moto) needs no code here: set the variable. fsspec caches filesystem instances,
+so set it before the first s3:// access in a process.
+
+Object-store calls are retried with exponential backoff on transient errors
+(`retry`); errors that retrying cannot fix (missing file, no permission) are
+raised at once. Errors and log lines name the URI with `redact`, never
+credentials.
+"""
+
+from __future__ import annotations
+
+import errno
+import hashlib
+import json
+import logging
+import os
+import shutil
+import tempfile
+import time
+import uuid
+from functools import partial
+from pathlib import Path
+from typing import IO, Callable, TypeVar
+from urllib.parse import urlsplit, urlunsplit
+
+import fsspec
+from fsspec import AbstractFileSystem
+from fsspec.implementations.local import LocalFileSystem
+
+log = logging.getLogger(__name__)
+
+T = TypeVar("T")
+URI = str | os.PathLike
+
+RETRY_ATTEMPTS = 5
+RETRY_BASE_DELAY = 0.5  # seconds; doubles after each failed attempt
+
+# Errors that come back the same however often we ask.
+_PERMANENT = (FileNotFoundError, PermissionError, IsADirectoryError, NotADirectoryError, FileExistsError)
+_ERRNO_OF_TYPE = (
+    (FileNotFoundError, errno.ENOENT),
+    (PermissionError, errno.EACCES),
+    (IsADirectoryError, errno.EISDIR),
+    (NotADirectoryError, errno.ENOTDIR),
+    (FileExistsError, errno.EEXIST),
+    (TimeoutError, errno.ETIMEDOUT),
+    (ConnectionError, errno.ECONNABORTED),
+)
+
+
+def redact(uri: URI) -> str:
+    """`uri` as it may appear in logs and errors: without user:password@ and without
+    its query string (a presigned URL carries its signature there)."""
+    text = str(uri)
+    if "://" not in text:
+        return text
+    parts = urlsplit(text)
+    netloc = parts.netloc.rpartition("@")[2]
+    query = "<redacted>" if parts.query else ""
+    return urlunsplit((parts.scheme, netloc, parts.path, query, parts.fragment))
+
+
+def filesystem(uri: URI) -> tuple[AbstractFileSystem, str]:
+    """The fsspec filesystem that serves `uri`, and the path inside it."""
+    try:
+        return fsspec.core.url_to_fs(str(uri))
+    except ValueError as err:  # e.g. "Protocol not known"
+        raise ValueError(f"{redact(uri)}: {err}") from err
+
+
+def join(uri: URI, *parts: str) -> str:
+    """`uri` with `parts` appended, '/'-separated whatever the filesystem."""
+    return "/".join([str(uri).rstrip("/"), *(part.strip("/") for part in parts)])
+
+
+def retry(call: Callable[[], T], uri: URI, attempts: int = RETRY_ATTEMPTS, base_delay: float = RETRY_BASE_DELAY) -> T:
+    """`call()`, retried with exponential backoff while it fails with a transient
+    OSError (connection, timeout, I/O). The error finally raised names `uri`."""
+    attempt = 1
+    while True:
+        try:
+            return call()
+        except OSError as err:
+            if isinstance(err, _PERMANENT) or attempt >= attempts:
+                raise _naming(err, uri) from err
+            delay = base_delay * 2 ** (attempt - 1)
+            log.warning("%s: %s (attempt %d of %d); retrying in %.1f s",
+                        redact(uri), type(err).__name__, attempt, attempts, delay)
+            time.sleep(delay)
+            attempt += 1
+
+
+def _naming(err: OSError, uri: URI) -> OSError:
+    """An error of the same kind whose message names the full URI: filesystems
+    report bare paths ('bucket/key') or nothing at all."""
+    code = err.errno if isinstance(err.errno, int) else next((c for t, c in _ERRNO_OF_TYPE if isinstance(err, t)), errno.EIO)
+    detail = err.strerror or str(err)
+    # s3fs and memory:// put only the path in the message: say what happened instead
+    reason = os.strerror(code) if not detail or detail in str(uri) else detail
+    return OSError(code, reason, redact(uri))  # OSError(ENOENT, ...) is a FileNotFoundError, and so on
+
+
+def exists(uri: URI) -> bool:
+    """Whether a file or folder is at `uri`."""
+    fs, path = filesystem(uri)
+    return retry(partial(fs.exists, path), uri)
+
+
+def read_bytes(uri: URI) -> bytes:
+    """The whole content of the file at `uri`."""
+    fs, path = filesystem(uri)
+    return retry(partial(fs.cat_file, path), uri)
+
+
+def write_bytes(uri: URI, data: bytes) -> None:
+    """Write `data` to `uri`, creating local parent folders.
+
+    A local file is written under a temporary name and renamed, so readers never see
+    half of it. Elsewhere it is written directly: an object-store PUT is already
+    all-or-nothing, and its "move" would be a second copy plus a delete.
+    """
+    fs, path = filesystem(uri)
+    if not isinstance(fs, LocalFileSystem):
+        retry(partial(fs.pipe_file, path, data), uri)
+        return
+    target = Path(path)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = target.with_name(f".{target.name}.{uuid.uuid4().hex}.tmp")
+    try:
+        tmp.write_bytes(data)
+        os.replace(tmp, target)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def open_file(uri: URI, mode: str = "rb") -> IO:
+    """An open file object for `uri` (use it in a `with`); writing creates local parent folders."""
+    fs, path = filesystem(uri)
+    if isinstance(fs, LocalFileSystem) and mode[0] in "wax":
+        Path(path).parent.mkdir(parents=True, exist_ok=True)
+    return retry(partial(fs.open, path, mode), uri)
+
+
+def local_copy(uri: URI, cache_dir: URI) -> Path:
+    """A local folder with the content of the folder at `uri`.
+
+    A local path is returned as it is. A remote folder (e.g. a diffusers model on
+    s3://) is copied once into `cache_dir/<key>/`, where the key hashes the URI and
+    the names, sizes and versions (ETag or mtime) of its files: a later call finds
+    the copy while the remote content is unchanged, and makes a new one when it
+    changed. The copy is assembled in a temporary folder and renamed into place, so
+    an interrupted copy never passes for a complete one.
+    """
+    fs, path = filesystem(uri)
+    if isinstance(fs, LocalFileSystem):
+        return Path(path)
+    files = _listing(fs, path, uri)
+    listing = [(name, info.get("size"), _version(info)) for name, _, info in files]
+    fingerprint = json.dumps([fs.unstrip_protocol(path), listing])  # canonical: "s3://b/m/" and "s3://b/m" are one folder
+    target = Path(cache_dir) / hashlib.sha256(fingerprint.encode()).hexdigest()[:16]
+    if not target.is_dir():
+        _download(fs, files, target, uri)
+    return target
+
+
+def _listing(fs: AbstractFileSystem, path: str, uri: URI) -> list[tuple[str, str, dict]]:
+    """(name relative to the folder, full remote path, info) of every file under `path`."""
+    # the listing decides whether a cached copy is stale, so it must be fresh (s3fs's find
+    # always lists anew; other backends may answer from their listing cache)
+    fs.invalidate_cache(path)
+    found = retry(partial(fs.find, path, detail=True), uri)
+    files = sorted((os.path.relpath(name, path).replace(os.sep, "/"), name, info) for name, info in found.items())
+    if not files:
+        raise FileNotFoundError(errno.ENOENT, "No such folder, or it holds no files", redact(uri))
+    if files[0][0] == ".":  # `path` is itself a file
+        raise NotADirectoryError(errno.ENOTDIR, "Not a folder", redact(uri))
+    return files
+
+
+def _version(info: dict) -> str:
+    """What changes when a remote file's content changes, whichever store it is on."""
+    for key in ("ETag", "etag", "mtime", "LastModified", "last_modified", "updated", "created"):
+        if info.get(key):
+            return str(info[key])
+    return ""
+
+
+def _download(fs: AbstractFileSystem, files: list[tuple[str, str, dict]], target: Path, uri: URI) -> None:
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}-", dir=target.parent))
+    try:
+        for name, remote, _ in files:
+            local = tmp / name
+            local.parent.mkdir(parents=True, exist_ok=True)
+            retry(partial(fs.get_file, remote, str(local)), join(uri, name))
+        try:
+            tmp.rename(target)
+        except OSError:
+            if not target.is_dir():  # else another process finished the same copy first
+                raise
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
