@@ -16,13 +16,13 @@ $(STAMP): pyproject.toml
 install: $(STAMP)
 
 demo: $(STAMP)
-	$(PY) -m motioncrafter.cli demo --output runs/demo
+	$(PY) -m motioncrafter.cli run --manifest manifests/demo.jsonl --output runs --run-id demo
 
 test: $(STAMP)
 	$(PY) -m pytest -q -p no:cacheprovider tests
 
 pretrain: $(STAMP)
-	$(PY) -m motioncrafter.toyworld.pretrain --threads 2 --unet-steps 4500
+	$(PY) -m motioncrafter.toyworld.pretrain --threads 2 --unet-steps 2000 --eval-every 400 --eval-prompts 18 --warmup 100
 
 benchmark-base: $(STAMP)
 	$(PY) benchmarks/base_quality.py

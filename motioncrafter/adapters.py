@@ -78,7 +78,12 @@ class Adapter:
             raise AdapterError(f"{weights}: not a readable safetensors file ({err})") from err
         if "motioncrafter" not in header:
             raise AdapterError(f"{weights}: no motioncrafter metadata; not a motion adapter")
-        meta = json.loads(header["motioncrafter"])
+        try:
+            meta = json.loads(header["motioncrafter"])
+        except ValueError as err:
+            raise AdapterError(f"{weights}: motioncrafter metadata is not valid JSON ({err})") from err
+        if not isinstance(meta, dict):
+            raise AdapterError(f"{weights}: motioncrafter metadata is not a JSON object")
         if meta.get("format_version", 0) > FORMAT_VERSION:
             raise AdapterError(f"{weights}: format version {meta['format_version']} is newer than this library's {FORMAT_VERSION}")
         return cls(tensors, meta)
@@ -231,7 +236,8 @@ def attach(base, adapter: Adapter, name: str = "motion", scale: float = 1.0, che
     if loaded.get(name) != config:
         if name in lora_names(unet):
             delete_lora(unet, name)
-        missing = [t for t in config["target_modules"] if t not in dict(unet.named_modules())]
+        modules = dict(unet.named_modules())
+        missing = [t for t in config["target_modules"] if t not in modules]
         if missing:
             raise AdapterError(f"{name}: the base has no layers {missing[:3]}... that the adapter targets")
         inject_lora(unet, name, config["target_modules"], config["r"], config["lora_alpha"])

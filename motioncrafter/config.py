@@ -174,6 +174,43 @@ class TuneConfig:
         _check(self.zero_stage in (0, 1, 2, 3), "tune.zero_stage", f"must be 0, 1, 2 or 3, got {self.zero_stage}")
 
 
+SCHEDULERS = ("gangs", "per_clip")
+
+
+@dataclass
+class PipelineConfig:
+    """How `motioncrafter run` spreads a manifest over Ray (see `pipelines/`)."""
+
+    scheduler: str = "gangs"  # gangs: long-lived worker groups pull clips | per_clip: one Ray Train run per clip
+    num_gangs: int = 1  # gangs (or per_clip runs) side by side
+    workers_per_gang: int = 1  # Ray Train workers (ranks) tuning each clip together
+    cpus_per_worker: float = 1.0
+    gpus_per_worker: float = 0.0  # > 0 trains with nccl on GPUs, else gloo on CPUs
+    max_attempts: int = 3  # leases of one clip before it is failed with its last error
+    lease_seconds: float = 120.0  # a lease not renewed for this long returns its clip to the queue
+    max_gang_restarts: int = 3  # Ray Train FailureConfig.max_failures of each gang
+    ingest_concurrency: int = 2  # decode tasks in flight
+    encode_concurrency: int = 1  # VAE-encoder actors
+    render_concurrency: int = 1  # render actors (each holds a base model)
+    evaluate_concurrency: int = 1  # metric actors
+    ray_address: str = ""  # "" = start Ray embedded on this machine; else a cluster address ("auto", "ray://...")
+    ray_num_cpus: int = 0  # logical CPUs of an embedded Ray; 0 = all of this machine's
+    dashboard_host: str = "127.0.0.1"  # the dashboard listens on localhost unless you say otherwise
+    start_timeout_s: float = 600.0  # how long a gang may wait for its workers before the run gives up
+
+    def __post_init__(self) -> None:
+        _check(self.scheduler in SCHEDULERS, "pipeline.scheduler", f"{self.scheduler!r} is not gangs or per_clip")
+        for name in ("num_gangs", "workers_per_gang", "max_attempts", "ingest_concurrency", "encode_concurrency",
+                     "render_concurrency", "evaluate_concurrency"):
+            _check(getattr(self, name) >= 1, f"pipeline.{name}", f"must be >= 1, got {getattr(self, name)}")
+        _check(self.max_gang_restarts >= 0, "pipeline.max_gang_restarts", f"must be >= 0, got {self.max_gang_restarts}")
+        _check(self.lease_seconds > 0, "pipeline.lease_seconds", f"must be > 0, got {self.lease_seconds}")
+        _check(self.cpus_per_worker > 0, "pipeline.cpus_per_worker", f"must be > 0, got {self.cpus_per_worker}")
+        _check(self.gpus_per_worker >= 0, "pipeline.gpus_per_worker", f"must be >= 0, got {self.gpus_per_worker}")
+        _check(self.ray_num_cpus >= 0, "pipeline.ray_num_cpus", f"must be >= 0, got {self.ray_num_cpus}")
+        _check(self.start_timeout_s > 0, "pipeline.start_timeout_s", f"must be > 0, got {self.start_timeout_s}")
+
+
 @dataclass
 class Config:
     model: ModelConfig = field(default_factory=ModelConfig)
@@ -184,6 +221,7 @@ class Config:
     enhance: EnhanceConfig = field(default_factory=EnhanceConfig)
     adapter: AdapterConfig = field(default_factory=AdapterConfig)
     tune: TuneConfig = field(default_factory=TuneConfig)
+    pipeline: PipelineConfig = field(default_factory=PipelineConfig)
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)

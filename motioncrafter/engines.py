@@ -6,6 +6,8 @@ loop is one code path whatever the engine.
 
 from __future__ import annotations
 
+import contextlib
+
 import torch
 from torch import nn
 
@@ -28,6 +30,9 @@ class TorchEngine:
             torch.nn.utils.clip_grad_norm_(self.params, self.grad_clip)
         self.optimizer.step()
         self.optimizer.zero_grad(set_to_none=True)
+
+    def gather(self, params: list[nn.Parameter]):
+        return contextlib.nullcontext()  # parameters are whole in this process
 
     def close(self) -> None:
         pass

@@ -54,12 +54,14 @@ def render(base: BaseModel, prompts: list[str], seeds: list[int], cfg: RenderCon
     """Render prompts[i] with seeds[i]; returns uint8 frames (N, T, H, W, 3)."""
     if len(prompts) != len(seeds):
         raise ValueError(f"render: {len(prompts)} prompts but {len(seeds)} seeds; give one seed per prompt")
+    if not prompts:
+        return np.zeros((0, cfg.num_frames, cfg.height, cfg.width, 3), np.uint8)
     noise = initial_noise(base, seeds, cfg)
     videos = []
     for start in range(0, len(prompts), cfg.max_batch):
         sl = slice(start, start + cfg.max_batch)
         videos.append(base.decode_latents(denoise(base, prompts[sl], noise[sl], cfg)))
-    return np.concatenate(videos) if videos else np.zeros((0, cfg.num_frames, cfg.height, cfg.width, 3), np.uint8)
+    return np.concatenate(videos)
 
 
 def render_grid(

@@ -101,6 +101,17 @@ class _Branches:
                 p.requires_grad_(group == train)
         return self.base.predict(x, t, text)
 
+    def enable_grads(self) -> None:
+        """Turn every group's requires_grad back on before backward.
+
+        Which group a loss term reaches is fixed when `forward` records its graph, but
+        autograd skips a leaf whose requires_grad is off at backward time: a group switched
+        off by a later forward pass would silently get no gradient at all.
+        """
+        for params in self.groups.values():
+            for p in params.values():
+                p.requires_grad_(True)
+
     @torch.no_grad()
     def base_forward(self, x, t, text) -> torch.Tensor:
         if self.frozen_copy is not None:
@@ -190,13 +201,14 @@ def tune_clip(
                 reference = branches.base_forward(zt, t, text_e)
                 parts["app"] = losses.appearance_normalization(branches.forward([MOTION], MOTION, zt, t, text_e), reference)
             loss = parts["tmp"] + parts.get("sp", 0.0) + tune.lambda_app * parts.get("app", 0.0)
+            branches.enable_grads()
             engine.backward(loss)
             engine.step()
             if step % tune.log_every == 0 or step == tune.steps - 1:
-                row = {"step": step, "loss": float(loss), **{k: float(v) for k, v in parts.items()}}
+                row = {"step": step, "loss": loss.item(), **{k: v.item() for k, v in parts.items()}}
                 history.append(row)
                 bar.set_postfix({k: f"{v:.4f}" for k, v in row.items() if k != "step"})
-        tensors = branches.export(getattr(engine, "gather", _no_gather))
+        tensors = branches.export(engine.gather)
     finally:
         engine.close()
         branches.restore()
@@ -220,15 +232,3 @@ def tune_clip(
     peak = torch.cuda.max_memory_allocated(base.device) if base.device.type == "cuda" else None
     return TuneResult(ad.Adapter(tensors, meta), history, seconds, peak)
 
-
-class _no_gather:
-    """Parameters are whole on every rank (no ZeRO-3): nothing to gather."""
-
-    def __init__(self, params):
-        pass
-
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        return False

@@ -7,3 +7,5 @@
 from pathlib import Path
 
 BASE_DIR = Path(__file__).parent / "base"
+# sha256 of the shipped weights (base.fingerprint_folder); tests check the committed folder against it
+BASE_FINGERPRINT = "c60709ae677b5945"

@@ -159,13 +159,20 @@ def build_components(cfg: TinyBaseConfig, tokenizer_dir: str | Path, seed: int =
 
 def debug_base(family: str = "unet3d", seed: int = 0, cfg: TinyBaseConfig | None = None):
     """A randomly initialised, debug-size `BaseModel` of either family: for tests, no weights needed."""
+    import shutil
     import tempfile
 
     from motioncrafter.base import BaseModel
 
     cfg = cfg or TinyBaseConfig(text_hidden=32, vae_channels=(16, 16, 16), latent_channels=4, unet_channels=(16, 32), unet_heads=2)
-    tokenizer_dir = tempfile.mkdtemp(prefix="mc_tokenizer_")
-    write_tokenizer(tokenizer_dir, cfg.max_tokens)
+    tokenizer_dir = Path(tempfile.gettempdir()) / f"mc_debug_tokenizer_{cfg.max_tokens}"
+    if not tokenizer_dir.exists():  # written once, shared by every debug base (and process)
+        staging = Path(tempfile.mkdtemp(dir=tokenizer_dir.parent))
+        write_tokenizer(staging, cfg.max_tokens)
+        try:
+            staging.rename(tokenizer_dir)
+        except OSError:  # another process got there first
+            shutil.rmtree(staging, ignore_errors=True)
     parts = build_components(cfg, tokenizer_dir, seed=seed)
     if family == "animatediff":
         from diffusers import MotionAdapter, UNet2DConditionModel, UNetMotionModel

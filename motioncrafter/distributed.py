@@ -1,0 +1,127 @@
+"""The DeepSpeed engine behind `tune_clip(..., tune.engine="deepspeed")`.
+
+Every rank tunes the same clip with its own noise draws; DeepSpeed averages the
+gradients, so every rank ends with the same adapter. What each ZeRO stage
+shards, for this workload (a frozen base plus small trainable adapters):
+
+  stage 0  nothing: plain data parallelism (gradients all-reduced)
+  stage 1  the optimizer state (Adam moments of the adapter weights)
+  stage 2  + the gradients of the adapter weights
+  stage 3  + the parameters themselves, the frozen base's included: the only
+           stage that cuts the memory of the base model, which dominates here
+           (a LoRA adapter and its optimizer state are a few MB)
+  offload  (stages 1-3) the optimizer state and its update live in CPU memory
+
+Works on CPU (gloo) and GPU (nccl). Engines are made per clip and released
+completely (`close`): hooks removed and, after ZeRO-3, the parameters gathered
+back into plain tensors, so the resident base is usable without DeepSpeed again.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import socket
+
+import torch
+from torch import nn
+
+from motioncrafter.config import TuneConfig
+
+
+def _import_deepspeed():
+    os.environ.setdefault("DS_ACCELERATOR", "cuda" if torch.cuda.is_available() else "cpu")
+    import deepspeed
+    import deepspeed.ops
+
+    # DeepSpeed JIT-compiles a shared-memory all-reduce for inference (~100 s on a
+    # small CPU) whenever it sets up communication; training never uses it.
+    deepspeed.ops.__compatible_ops__["deepspeed_shm_comm"] = False
+    return deepspeed
+
+
+def init_distributed() -> None:
+    """Join (or, alone, create) the process group; Ray Train and torchrun set the env already."""
+    deepspeed = _import_deepspeed()
+    if torch.distributed.is_initialized():
+        return
+    for key, value in (("MASTER_ADDR", "127.0.0.1"), ("RANK", "0"), ("WORLD_SIZE", "1"), ("LOCAL_RANK", "0")):
+        os.environ.setdefault(key, value)  # LOCAL_RANK missing makes DeepSpeed try MPI discovery
+    os.environ.setdefault("MASTER_PORT", str(free_port()))
+    deepspeed.init_distributed(dist_backend="nccl" if torch.cuda.is_available() else "gloo")
+
+
+def free_port() -> int:
+    """A TCP port nothing listens on now, for a process group of this machine alone."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def ds_config(cfg: TuneConfig, world_size: int) -> dict:
+    zero: dict = {"stage": cfg.zero_stage}
+    if cfg.offload and cfg.zero_stage > 0:
+        zero["offload_optimizer"] = {"device": "cpu"}
+    if cfg.zero_stage == 3:
+        zero["stage3_param_persistence_threshold"] = 0
+    return {
+        "train_micro_batch_size_per_gpu": cfg.batch,
+        "gradient_accumulation_steps": 1,
+        "train_batch_size": cfg.batch * world_size,
+        "gradient_clipping": cfg.grad_clip,
+        "bf16": {"enabled": False},
+        "fp16": {"enabled": False},
+        "zero_optimization": zero,
+        "zero_allow_untested_optimizer": True,
+        "zero_force_ds_cpu_optimizer": False,  # torch AdamW with offload; DeepSpeedCPUAdam needs a C++ build
+        "steps_per_print": 10**9,
+    }
+
+
+class DeepSpeedEngine:
+    """`deepspeed.initialize` around the UNet, with a torch AdamW over the trainable groups."""
+
+    def __init__(self, model: nn.Module, param_groups: list[dict], cfg: TuneConfig):
+        deepspeed = _import_deepspeed()
+        init_distributed()
+        self.model, self.stage = model, cfg.zero_stage
+        optimizer = torch.optim.AdamW(param_groups, weight_decay=cfg.weight_decay)
+        self.engine, *_ = deepspeed.initialize(
+            model=model, optimizer=optimizer, config=ds_config(cfg, torch.distributed.get_world_size())
+        )
+
+    def backward(self, loss: torch.Tensor) -> None:
+        self.engine.backward(loss)
+
+    def step(self) -> None:
+        self.engine.step()  # clips, steps and zeroes the gradients
+
+    def gather(self, params: list[nn.Parameter]):
+        """Full parameters on every rank while inside (ZeRO-3 keeps only a shard otherwise)."""
+        if self.stage == 3:
+            return _import_deepspeed().zero.GatheredParameters(params, modifier_rank=None)
+        return contextlib.nullcontext()
+
+    def close(self) -> None:
+        engine = self.engine
+        engine.destroy()
+        for name in ("module_forward_pre_hook", "module_forward_post_hook"):  # destroy() leaves these behind
+            handle = getattr(engine, name, None)
+            if handle is not None:
+                handle.remove()
+                setattr(engine, name, None)
+        engine.optimizer.unregister_grad_acc_post_hooks()
+        if self.stage == 3:
+            _unshard(self.model)
+        self.engine = None
+
+
+def _unshard(model: nn.Module) -> None:
+    """Replace ZeRO-3 partitioned parameters by plain full ones, on every rank."""
+    deepspeed = _import_deepspeed()
+    params = list(model.parameters())
+    with deepspeed.zero.GatheredParameters(params, modifier_rank=None):
+        full = {id(p): p.detach().clone() for p in params}
+    for module in model.modules():
+        for name, p in list(module.named_parameters(recurse=False)):
+            setattr(module, name, nn.Parameter(full[id(p)], requires_grad=p.requires_grad))
