@@ -110,7 +110,9 @@ class DeepSpeedEngine:
             if handle is not None:
                 handle.remove()
                 setattr(engine, name, None)
-        engine.optimizer.unregister_grad_acc_post_hooks()
+        unregister = getattr(engine.optimizer, "unregister_grad_acc_post_hooks", None)  # ZeRO 1-3 only
+        if unregister:
+            unregister()
         if self.stage == 3:
             _unshard(self.model)
         self.engine = None
