@@ -15,8 +15,14 @@ $(STAMP): pyproject.toml
 
 install: $(STAMP)
 
+# The single-clip demo: learn a held-out motion (zigzag) from one MovingShapes clip, replay it
+# with other appearances. (The Ray pipeline over manifests/demo.jsonl lands with pipelines/.)
 demo: $(STAMP)
-	$(PY) -m motioncrafter.cli run --manifest manifests/demo.jsonl --output runs --run-id demo
+	$(PY) -m motioncrafter.cli tune --video manifests/demo/000_zigzag_red_circle.mp4 \
+		--prompt "a red circle moves in a zigzag on a black background" --out runs/demo/adapter
+	$(PY) -m motioncrafter.cli generate --adapter runs/demo/adapter --out runs/demo/videos --seeds 0 1 \
+		--prompt "a blue square moves in a zigzag on a white background" \
+		--prompt "a yellow triangle moves in a zigzag on a gray background"
 
 test: $(STAMP)
 	$(PY) -m pytest -q -p no:cacheprovider tests
