@@ -84,7 +84,7 @@ def main() -> None:
         f"{meta['parameters']['text_encoder']:,} parameters).",
         f"{len(held_in)} held-in and {len(held_out)} held-out videos ({args.prompts} + {args.prompts // 2} prompts x seeds "
         f"{args.seeds}), DDIM {args.steps} steps, guidance 4; {seconds:.0f} s to render and score.",
-        f"Command: `python benchmarks/base_quality.py`",
+        "Command: `python benchmarks/base_quality.py`",
         "",
         "| measure | value | target |",
         "|---|---|---|",

@@ -3,8 +3,12 @@
 Single clip, no Ray:
   motioncrafter tune --video clip.mp4 --prompt "a red circle moves in a zigzag on a black background" --out adapters/zigzag
   motioncrafter generate --adapter adapters/zigzag --prompt "a blue square moves in a zigzag on a white background" --out videos/
-Whole manifests, on Ray (embedded locally, or a cluster):
-  motioncrafter run --manifest manifests/demo.jsonl --output runs/
+Whole manifests, on Ray (embedded locally, or a cluster), or one stage of it alone:
+  motioncrafter run --manifest manifests/demo.jsonl --output runs/ --run-id demo
+  motioncrafter ingest|train|render|evaluate ... --run-id demo;  motioncrafter report --output runs/ --run-id demo
+Adapter libraries and data sets:
+  motioncrafter adapters ls runs/demo --where "motion_fidelity>0.5";  motioncrafter adapters export runs/demo/adapters/ID out/
+  motioncrafter dataset export runs/demo datasets/demo [--embed-videos]
 Configuration:
   motioncrafter config show [--config FILE] [--set section.key=value ...]
 
@@ -79,6 +83,11 @@ def cmd_generate(args) -> int:
 
 
 def cmd_config(args) -> int:
+    if args.action == "reference":
+        from motioncrafter.config_reference import render_reference
+
+        print(render_reference(), end="")
+        return 0
     import yaml
 
     cfg = _load(args)
@@ -86,10 +95,21 @@ def cmd_config(args) -> int:
     return 0
 
 
-def cmd_run(argv: list[str]) -> int:
+# The pipeline's commands live in pipelines.run (they import Ray); `motioncrafter <stage> --help` shows their flags.
+PIPELINE_COMMANDS = {
+    "run": "the whole pipeline over a manifest, on Ray",
+    "ingest": "pipeline stage alone: decode + VAE-encode the manifest's clips into the cache",
+    "train": "pipeline stage alone: tune an adapter for every ingested clip without one",
+    "render": "pipeline stage alone: render every committed adapter's prompt grid",
+    "evaluate": "pipeline stage alone: score the rendered videos -> results/, summary/, report.html",
+    "report": "pipeline stage alone: write report.html again from the run's tables",
+}
+
+
+def cmd_pipeline(command: str, argv: list[str]) -> int:
     from pipelines.run import main as run_main
 
-    return run_main(argv)
+    return run_main(argv, stage=None if command == "run" else command)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -118,19 +138,27 @@ def build_parser() -> argparse.ArgumentParser:
     _config_args(p)
     p.set_defaults(func=cmd_generate)
 
-    p = sub.add_parser("config", help="print the effective configuration")
-    p.add_argument("action", choices=["show"])
+    p = sub.add_parser("config", help="print the effective configuration, or the reference of every field",
+                       epilog="examples:\n  motioncrafter config show --config run.toml --set tune.steps=100\n"
+                              "  motioncrafter config reference > docs/config.md", formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("action", choices=["show", "reference"])
     _config_args(p)
     p.set_defaults(func=cmd_config)
 
-    sub.add_parser("run", help="the whole pipeline over a manifest, on Ray (see `motioncrafter run --help`)", add_help=False)
+    from motioncrafter.dataset import add_dataset_parser
+    from motioncrafter.library import add_adapters_parser
+
+    add_adapters_parser(sub)
+    add_dataset_parser(sub)
+    for command, text in PIPELINE_COMMANDS.items():
+        sub.add_parser(command, help=f"{text} (see `motioncrafter {command} --help`)", add_help=False)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
-    if argv[:1] == ["run"]:
-        return cmd_run(argv[1:])
+    if argv[:1] and argv[0] in PIPELINE_COMMANDS:
+        return cmd_pipeline(argv[0], argv[1:])
     args = build_parser().parse_args(argv)
     from motioncrafter.config import ConfigError
 

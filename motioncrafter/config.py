@@ -42,8 +42,8 @@ class ModelConfig:
 class WorldConfig:
     """MovingShapes clip geometry. Defaults train fast on a 2-core CPU."""
 
-    resolution: int = 32
-    num_frames: int = 8
+    resolution: int = 32  # frame height and width in pixels
+    num_frames: int = 8  # frames per clip
     radius: float = 0.17  # object radius, fraction of the frame
     travel: float = 0.5  # distance a linear motion covers, fraction of the frame
     jitter: float = 0.08  # max start offset, fraction of the frame
@@ -58,11 +58,11 @@ class WorldConfig:
 class VideoConfig:
     """How reference clips are decoded into model-sized frames."""
 
-    num_frames: int = 8
-    height: int = 32
-    width: int = 32
+    num_frames: int = 8  # frames sampled from each reference clip
+    height: int = 32  # decoded frames are cover-resized and centre-cropped to height x width
+    width: int = 32  # see height
     sampling: str = "uniform"  # uniform: spread over the window | stride: every `stride`-th frame
-    stride: int = 1
+    stride: int = 1  # frame step of stride sampling
     fps: int = 8  # frame rate of written videos
 
     def __post_init__(self) -> None:
@@ -74,16 +74,16 @@ class VideoConfig:
 
 @dataclass
 class RenderConfig:
-    num_steps: int = 25
-    guidance_scale: float = 4.0
-    negative_prompt: str = ""
+    num_steps: int = 25  # denoising steps
+    guidance_scale: float = 4.0  # classifier-free guidance; 1 disables it
+    negative_prompt: str = ""  # the unconditional prompt of classifier-free guidance
     scheduler: str = "ddim"  # ddim | dpm (DPM-Solver++ multistep)
-    num_frames: int = 8
-    height: int = 32
-    width: int = 32
+    num_frames: int = 8  # frames of each generated video
+    height: int = 32  # generated frame height (a multiple of the VAE's downsampling)
+    width: int = 32  # generated frame width
     max_batch: int = 16  # samples per denoising batch: the memory bound
-    seeds: list[int] = field(default_factory=lambda: [0, 1])
-    progress: bool = False
+    seeds: list[int] = field(default_factory=lambda: [0, 1])  # one video per prompt and seed; a sample is reproducible alone
+    progress: bool = False  # progress bar over denoising steps
 
     def __post_init__(self) -> None:
         _check(self.scheduler in ("ddim", "dpm"), "render.scheduler", f"{self.scheduler!r} is not ddim or dpm")
@@ -115,12 +115,12 @@ class EnhanceConfig:
     """Appearance prior enhancement vocabularies. Defaults fit the MovingShapes base;
     for a real base list everyday subjects and scenes ("a bear", "in a forest")."""
 
-    subjects: list[str] = field(default_factory=_toyworld_subjects)
-    scenes: list[str] = field(default_factory=_toyworld_scenes)
-    scene_words: list[str] = field(
+    subjects: list[str] = field(default_factory=_toyworld_subjects)  # subjects swapped in for the clip's subject
+    scenes: list[str] = field(default_factory=_toyworld_scenes)  # scenes swapped in for the clip's scene
+    scene_words: list[str] = field(  # nouns that make a trailing "on/in/at ..." phrase a scene
         default_factory=lambda: ["background", "forest", "beach", "street", "room", "city", "field", "snow", "desert", "moon", "sea", "park", "kitchen", "stage"]
     )
-    swap_scene_prob: float = 0.5
+    swap_scene_prob: float = 0.5  # chance that an enhanced prompt also swaps the scene
 
     def __post_init__(self) -> None:
         _check(len(self.subjects) >= 2, "enhance.subjects", "needs at least two subjects to swap between")
@@ -133,8 +133,8 @@ MODES = ("motioncrafter", "temporal_only", "motiondirector", "full_finetune")
 @dataclass
 class AdapterConfig:
     kind: str = "lora"  # lora: LoRA on the temporal branch | full: the whole temporal branch
-    rank: int = 8
-    alpha: float = 8.0
+    rank: int = 8  # LoRA rank of the motion adapter
+    alpha: float = 8.0  # LoRA alpha (scale = alpha / rank)
     spatial_rank: int = 8  # LoRA rank of the spatial path (discarded after tuning)
 
     def __post_init__(self) -> None:
@@ -147,21 +147,21 @@ class TuneConfig:
     """One clip -> one motion adapter. Defaults fit the MovingShapes base on a CPU."""
 
     mode: str = "motioncrafter"  # motioncrafter | temporal_only | motiondirector | full_finetune
-    steps: int = 200
+    steps: int = 200  # optimizer steps per clip
     lr: float = 1e-3  # temporal branch (motion adapter)
     spatial_lr: float = 1e-3  # spatial path
-    weight_decay: float = 0.0
+    weight_decay: float = 0.0  # AdamW weight decay
     lambda_app: float = 1.0  # weight of appearance normalization against the frozen base
     beta: float = 1.0  # MotionDirector appearance-debiasing weight of the anchor frame
     num_frames: int = 8  # frames of the clip the adapter learns from
     batch: int = 1  # noise draws of the clip per step and rank
-    grad_clip: float = 1.0
-    seed: int = 0
+    grad_clip: float = 1.0  # max gradient norm; 0 disables clipping
+    seed: int = 0  # same seed, same adapter bytes on CPU
     engine: str = "torch"  # torch (AdamW) | deepspeed
     zero_stage: int = 0  # DeepSpeed ZeRO stage 0-3
     offload: bool = False  # DeepSpeed: optimizer state in CPU memory
-    log_every: int = 10
-    progress: bool = True
+    log_every: int = 10  # steps between loss records in the adapter's history
+    progress: bool = True  # progress bar per clip
 
     def __post_init__(self) -> None:
         _check(self.mode in MODES, "tune.mode", f"{self.mode!r} is not one of {MODES}")
@@ -184,14 +184,16 @@ class PipelineConfig:
     scheduler: str = "gangs"  # gangs: long-lived worker groups pull clips | per_clip: one Ray Train run per clip
     num_gangs: int = 1  # gangs (or per_clip runs) side by side
     workers_per_gang: int = 1  # Ray Train workers (ranks) tuning each clip together
-    cpus_per_worker: float = 1.0
+    cpus_per_worker: float = 1.0  # logical CPUs Ray reserves for each training rank
     gpus_per_worker: float = 0.0  # > 0 trains with nccl on GPUs, else gloo on CPUs
     max_attempts: int = 3  # leases of one clip before it is failed with its last error
     lease_seconds: float = 120.0  # a lease not renewed for this long returns its clip to the queue
     max_gang_restarts: int = 3  # Ray Train FailureConfig.max_failures of each gang
     ingest_concurrency: int = 2  # decode tasks in flight
     encode_concurrency: int = 1  # VAE-encoder actors
+    encode_gpus: float = 0.0  # GPUs each VAE-encoder actor reserves (fractions pack several on one GPU)
     render_concurrency: int = 1  # render actors (each holds a base model)
+    render_gpus: float = 0.0  # GPUs each render actor reserves; 0 renders on CPUs
     evaluate_concurrency: int = 1  # metric actors
     ray_address: str = ""  # "" = start Ray embedded on this machine; else a cluster address ("auto", "ray://...")
     ray_num_cpus: int = 0  # logical CPUs of an embedded Ray; 0 = all of this machine's
@@ -206,7 +208,8 @@ class PipelineConfig:
         _check(self.max_gang_restarts >= 0, "pipeline.max_gang_restarts", f"must be >= 0, got {self.max_gang_restarts}")
         _check(self.lease_seconds > 0, "pipeline.lease_seconds", f"must be > 0, got {self.lease_seconds}")
         _check(self.cpus_per_worker > 0, "pipeline.cpus_per_worker", f"must be > 0, got {self.cpus_per_worker}")
-        _check(self.gpus_per_worker >= 0, "pipeline.gpus_per_worker", f"must be >= 0, got {self.gpus_per_worker}")
+        for name in ("gpus_per_worker", "encode_gpus", "render_gpus"):
+            _check(getattr(self, name) >= 0, f"pipeline.{name}", f"must be >= 0, got {getattr(self, name)}")
         _check(self.ray_num_cpus >= 0, "pipeline.ray_num_cpus", f"must be >= 0, got {self.ray_num_cpus}")
         _check(self.start_timeout_s > 0, "pipeline.start_timeout_s", f"must be > 0, got {self.start_timeout_s}")
 

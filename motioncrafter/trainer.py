@@ -55,12 +55,13 @@ def clip_hash(frames: np.ndarray) -> str:
     return hashlib.sha256(np.ascontiguousarray(frames).tobytes()).hexdigest()[:16]
 
 
-def _select_frames(frames: np.ndarray, num_frames: int) -> np.ndarray:
+def _frame_indices(frames: np.ndarray, num_frames: int) -> np.ndarray:
+    """`num_frames` frames spread over the clip."""
     if frames.ndim != 4 or frames.shape[-1] != 3:
         raise ValueError(f"expected frames (T, H, W, 3), got shape {frames.shape}")
     if len(frames) < num_frames:
         raise ValueError(f"the clip has {len(frames)} frames; tuning needs at least {num_frames} (tune.num_frames)")
-    return frames[np.linspace(0, len(frames) - 1, num_frames).round().astype(int)]
+    return np.linspace(0, len(frames) - 1, num_frames).round().astype(int)
 
 
 class _Branches:
@@ -151,8 +152,12 @@ def tune_clip(
     adapter: AdapterConfig = AdapterConfig(),
     enhance_cfg: EnhanceConfig | None = None,
     subject: str | None = None,
+    latents: torch.Tensor | None = None,
 ) -> TuneResult:
     """Learn the motion of `frames` (uint8 (T, H, W, 3)) captioned `prompt`; returns the motion adapter.
+
+    `latents`: the clip's latents (C, T, h, w) as `base.encode_frames` gives them (the
+    pipeline caches them at ingest); with them the VAE does not run again here.
 
     Deterministic given `tune.seed`. Under torch.distributed (DeepSpeed engine,
     several ranks) every rank tunes the same clip with its own noise draws and
@@ -160,7 +165,9 @@ def tune_clip(
     """
     if not prompt or not prompt.strip():
         raise ValueError("tune_clip: the prompt is empty")
-    frames = _select_frames(np.asarray(frames), tune.num_frames)
+    frames = np.asarray(frames)
+    idx = _frame_indices(frames, tune.num_frames)
+    frames = frames[idx]
     enhance_cfg = enhance_cfg or EnhanceConfig()
     rank, world = _rank_and_world()
     started = time.time()
@@ -170,7 +177,8 @@ def tune_clip(
     unet = base.unet
     was_training = unet.training
     with torch.no_grad():
-        x0 = base.encode_frames(frames[None]).repeat(tune.batch, 1, 1, 1, 1)
+        x0 = base.encode_frames(frames[None]) if latents is None else torch.as_tensor(latents, device=base.device)[None, :, idx]
+        x0 = x0.repeat(tune.batch, 1, 1, 1, 1)
         text = base.encode_prompts([prompt]).repeat(tune.batch, 1, 1)
     branches = _Branches(base, tune.mode, adapter, tune)
     engine = make_engine(unet, branches.param_groups(tune), tune)

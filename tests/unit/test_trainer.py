@@ -161,6 +161,21 @@ def test_more_frames_are_subsampled(bases, clip, mc):
     assert result.adapter.meta["reference"]["clip_sha256"] == clip_hash(chosen)
 
 
+def test_cached_latents_give_the_same_adapter(bases, clip, mc):
+    """The pipeline hands tune_clip the latents it cached at ingest (all decoded frames); the
+    adapter is the one tune_clip makes when it encodes the frames itself, subsampling included."""
+    base = bases["unet3d"]
+    long = np.concatenate([clip.frames, clip.frames[::-1]])  # 16 frames, 8 chosen
+    with torch.no_grad():
+        latents = base.encode_frames(long[None])[0]
+    cfg = mc.tune_cfg(mode="temporal_only", steps=2)
+    own, cached = tune_clip(base, long, clip.caption, cfg), tune_clip(base, long, clip.caption, cfg, latents=latents)
+    # equal up to float rounding: the VAE ran on 16 frames at once instead of the 8 chosen
+    for key, value in own.adapter.tensors.items():
+        torch.testing.assert_close(cached.adapter.tensors[key], value, rtol=1e-4, atol=1e-5)
+    assert own.adapter.meta["reference"] == cached.adapter.meta["reference"]
+
+
 def test_failure_mid_tuning_restores_base(bases, clip, mc, monkeypatch):
     base = bases["animatediff"]
     before = mc.snapshot(base.unet)

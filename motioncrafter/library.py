@@ -1,0 +1,677 @@
+"""The adapter library: list, inspect, verify, export and merge trained motion adapters.
+
+A library is either one run's folder (its `adapters.parquet` index, plus the
+per-motion metrics of `summary/summary.parquet` when the run has been evaluated)
+or a library index: one Parquet file written by `merge_libraries`, whose rows
+point at adapters that stay where their runs wrote them.
+
+    list_adapters(uri, where=["motion_fidelity>0.5", "kind=lora"])   # a DataFrame
+    show_adapter(adapter_uri)                                         # metadata, sizes, marker
+    verify(uri, base="path/to/base")                                 # [] when all is well
+    export_adapter(adapter_uri, out_uri)                              # peft / diffusers files
+    merge_libraries([run_a, run_b], "s3://bucket/library.parquet")
+
+Every URI is a local path or any fsspec URI (see `motioncrafter.storage`).
+Adapter weights are only ever read as safetensors: nothing here unpickles.
+This module does not import Ray or the pipelines; it reads what they wrote.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+
+import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from motioncrafter import storage
+from motioncrafter.adapters import META_NAME, WEIGHTS_NAME, AdapterError, load_adapter
+from motioncrafter.config import ModelConfig
+
+COMMITTED = "_COMMITTED"  # the marker the train stage writes last (pipelines.layout.COMMITTED)
+INDEX_NAME = "adapters.parquet"
+SUMMARY_PATH = "summary/summary.parquet"
+KEY_COLUMNS = ["motion_id", "row", "adapter_uri"]
+
+PEFT_WEIGHTS, PEFT_CONFIG = "adapter_model.safetensors", "adapter_config.json"
+FULL_WEIGHTS = "temporal_state_dict.safetensors"
+README = "README.md"
+
+
+# ------------------------------------------------------------------------ reading
+
+
+def _read_parquet(uri: str) -> pd.DataFrame:
+    return pq.read_table(pa.BufferReader(storage.read_bytes(uri))).to_pandas()
+
+
+def _write_parquet(frame: pd.DataFrame, uri: str) -> None:
+    sink = pa.BufferOutputStream()
+    pq.write_table(pa.Table.from_pandas(frame, preserve_index=False), sink)
+    storage.write_bytes(uri, sink.getvalue().to_pybytes())
+
+
+def _is_index_file(uri: str) -> bool:
+    return str(uri).rstrip("/").endswith(".parquet")
+
+
+def _run_name(uri: str) -> str:
+    return str(uri).rstrip("/").rsplit("/", 1)[-1]
+
+
+def _load_index(uri: str) -> pd.DataFrame:
+    """The adapters of a run folder (with its summary metrics) or of a library index file."""
+    uri = str(uri)
+    if _is_index_file(uri):
+        if not storage.exists(uri):
+            raise FileNotFoundError(f"{storage.redact(uri)}: no such library index")
+        return _read_parquet(uri)
+    index_uri = storage.join(uri, INDEX_NAME)
+    if not storage.exists(index_uri):
+        raise FileNotFoundError(
+            f"{storage.redact(uri)}: not a run folder with an adapter index (no {INDEX_NAME}) nor a library .parquet file"
+        )
+    frame = _read_parquet(index_uri)
+    summary_uri = storage.join(uri, SUMMARY_PATH)
+    if "motion_id" in frame and storage.exists(summary_uri):
+        summary = _read_parquet(summary_uri)
+        if "motion_id" in summary:
+            extra = [c for c in summary.columns if c not in frame.columns]
+            if extra:
+                summary = summary.drop_duplicates("motion_id")[["motion_id", *extra]]
+                frame = frame.merge(summary, on="motion_id", how="left")
+    return frame
+
+
+# ------------------------------------------------------------------------ filters
+
+_FILTER = re.compile(r"^\s*([A-Za-z_][\w.]*)\s*(>=|<=|!=|==|=|>|<)\s*(.*?)\s*$")
+_OPS = {
+    ">": lambda a, b: a > b,
+    ">=": lambda a, b: a >= b,
+    "<": lambda a, b: a < b,
+    "<=": lambda a, b: a <= b,
+    "=": lambda a, b: a == b,
+    "==": lambda a, b: a == b,
+    "!=": lambda a, b: a != b,
+}
+
+
+def _number(text: str) -> float | int | None:
+    try:
+        return int(text)
+    except ValueError:
+        pass
+    try:
+        return float(text)
+    except ValueError:
+        return None
+
+
+def _mask(frame: pd.DataFrame, expression: str) -> pd.Series:
+    match = _FILTER.match(expression)
+    if not match or not match.group(3):
+        raise ValueError(
+            f"filter {expression!r}: expected <column><op><value> with op one of >, >=, <, <=, =, != "
+            "(e.g. motion_fidelity>0.5)"
+        )
+    column, op, text = match.groups()
+    if column not in frame.columns:
+        raise ValueError(f"filter {expression!r}: unknown column {column!r}; known columns: {', '.join(map(str, frame.columns))}")
+    values = frame[column]
+    quoted = len(text) >= 2 and text[0] == text[-1] and text[0] in "'\""
+    raw = text[1:-1] if quoted else text
+    present = values.notna()  # a missing value never passes a filter
+    if pd.api.types.is_bool_dtype(values):
+        if raw.lower() not in ("true", "false", "1", "0"):
+            raise ValueError(f"filter {expression!r}: column {column!r} is boolean; compare it with true or false")
+        return present & _OPS[op](values, raw.lower() in ("true", "1"))
+    number = None if quoted else _number(raw)
+    if pd.api.types.is_numeric_dtype(values):
+        if number is None:
+            raise ValueError(f"filter {expression!r}: column {column!r} is numeric, {text!r} is not a number")
+        return present & _OPS[op](values, number)
+    if number is not None:  # an object column of numbers (e.g. all-null in one run)
+        numeric = pd.to_numeric(values, errors="coerce")
+        if numeric.notna().sum() == present.sum():
+            return numeric.notna() & _OPS[op](numeric, number)
+    strings = values.where(present, "").astype(str)
+    return present & _OPS[op](strings, raw)
+
+
+def list_adapters(uri: str, where: list[str] | tuple[str, ...] = ()) -> pd.DataFrame:
+    """The adapters of a run folder or a library index, one row each, filtered by `where`.
+
+    A run folder gives its `adapters.parquet` rows (motion_id, row, adapter_uri, prompt,
+    kind, rank, base_fingerprint, bytes, ...) left-joined on motion_id with the metric
+    columns of `summary/summary.parquet` when the run has one. `where` holds filters such
+    as "motion_fidelity>0.5" or "kind=lora" (ops >, >=, <, <=, =, !=), all of which must
+    hold; a row whose value is missing fails every filter. An unknown column raises
+    ValueError naming it and the known columns.
+    """
+    if isinstance(where, str):
+        where = [where]
+    frame = _load_index(uri)
+    mask = pd.Series(True, index=frame.index)
+    for expression in where:
+        mask &= _mask(frame, expression).fillna(False).astype(bool)
+    return frame[mask].reset_index(drop=True)
+
+
+# ------------------------------------------------------------------------ one adapter
+
+
+def _adapter_folder(adapter_uri: str) -> str:
+    uri = str(adapter_uri).rstrip("/")
+    return uri.rsplit("/", 1)[0] if uri.endswith((f"/{WEIGHTS_NAME}", f"/{META_NAME}")) else uri
+
+
+def _size(uri: str) -> int | None:
+    fs, path = storage.filesystem(uri)
+    try:
+        return int(storage.retry(lambda: fs.size(path), uri))
+    except FileNotFoundError:
+        return None
+
+
+def show_adapter(adapter_uri: str) -> dict:
+    """An adapter folder at a glance: the contents of its adapter.json, plus
+    `uri`, `files` (name -> size in bytes, None when missing) and `committed`
+    (the `_COMMITTED` marker written by the train stage, or None)."""
+    folder = _adapter_folder(adapter_uri)
+    meta_uri = storage.join(folder, META_NAME)
+    if not storage.exists(meta_uri):
+        raise FileNotFoundError(f"{storage.redact(folder)}: no {META_NAME}; not a motion adapter folder")
+    try:
+        meta = json.loads(storage.read_bytes(meta_uri))
+    except ValueError as err:
+        raise AdapterError(f"{storage.redact(meta_uri)}: not valid JSON ({err})") from err
+    marker_uri = storage.join(folder, COMMITTED)
+    marker = None
+    if storage.exists(marker_uri):
+        try:
+            marker = json.loads(storage.read_bytes(marker_uri))
+        except ValueError:
+            marker = {"error": "the marker is not valid JSON"}
+    files = {name: _size(storage.join(folder, name)) for name in (WEIGHTS_NAME, META_NAME, COMMITTED)}
+    return {**meta, "uri": folder, "files": files, "committed": marker}
+
+
+# ------------------------------------------------------------------------ verify
+
+
+def _safetensors_metadata(data: bytes) -> dict:
+    """The `__metadata__` of a safetensors file's header (the header alone, no tensors)."""
+    if len(data) < 8:
+        return {}
+    size = int.from_bytes(data[:8], "little")
+    try:
+        header = json.loads(data[8 : 8 + size])
+    except ValueError:
+        return {}
+    return (header.get("__metadata__") or {}) if isinstance(header, dict) else {}
+
+
+def base_fingerprint(base: str, cache_dir: str = ModelConfig.cache_dir) -> str:
+    """`motioncrafter.base.fingerprint_folder` of the diffusers folder at `base` (a remote one is
+    copied once into the same cache `open_base` uses)."""
+    from motioncrafter.base import fingerprint_folder
+
+    folder = storage.local_copy(base, Path(cache_dir).expanduser() / "models")
+    if not folder.is_dir():
+        raise FileNotFoundError(f"{storage.redact(base)}: no such base model folder")
+    if not any(folder.rglob("*.safetensors")):
+        raise ValueError(f"{storage.redact(base)}: no .safetensors weights; not a diffusers model folder")
+    return fingerprint_folder(folder)
+
+
+def _present(value) -> bool:
+    return value is not None and not (isinstance(value, float) and pd.isna(value))
+
+
+def _verify_row(row: dict, expected_base: str | None) -> list[str]:
+    from safetensors.torch import load as load_safetensors
+
+    folder = str(row.get("adapter_uri") or "")
+    name = row.get("library_id") if _present(row.get("library_id")) else row.get("motion_id")
+    where = f"{name} ({storage.redact(folder)})"
+    if not folder:
+        return [f"{name}: the index row has no adapter_uri"]
+    problems: list[str] = []
+    index_fp = row.get("base_fingerprint") if _present(row.get("base_fingerprint")) else None
+
+    weights_uri = storage.join(folder, WEIGHTS_NAME)
+    if not storage.exists(weights_uri):
+        problems.append(f"{where}: {WEIGHTS_NAME} is missing")
+    else:
+        data = storage.read_bytes(weights_uri)
+        if _present(row.get("bytes")) and len(data) != int(row["bytes"]):
+            problems.append(f"{where}: {WEIGHTS_NAME} is {len(data)} bytes, the index says {int(row['bytes'])}")
+        try:
+            tensors = load_safetensors(data)
+        except Exception as err:  # safetensors raises its own SafetensorError, or others on garbage
+            problems.append(f"{where}: {WEIGHTS_NAME} does not parse as safetensors ({type(err).__name__}: {err})")
+        else:
+            if not tensors:
+                problems.append(f"{where}: {WEIGHTS_NAME} holds no tensors")
+            embedded = _safetensors_metadata(data).get("motioncrafter")
+            try:
+                embedded_fp = json.loads(embedded).get("base_fingerprint") if embedded else None
+            except (ValueError, AttributeError):
+                problems.append(f"{where}: {WEIGHTS_NAME} carries unreadable motioncrafter metadata")
+                embedded_fp = None
+            if embedded_fp and index_fp and embedded_fp != index_fp:
+                problems.append(f"{where}: {WEIGHTS_NAME} was trained on base {embedded_fp}, the index says {index_fp}")
+
+    meta_uri = storage.join(folder, META_NAME)
+    meta_fp = None
+    if not storage.exists(meta_uri):
+        problems.append(f"{where}: {META_NAME} is missing")
+    else:
+        try:
+            meta = json.loads(storage.read_bytes(meta_uri))
+            meta_fp = meta.get("base_fingerprint")
+        except (ValueError, AttributeError) as err:
+            problems.append(f"{where}: {META_NAME} is not a JSON object ({err})")
+        else:
+            if meta_fp != index_fp:
+                problems.append(f"{where}: {META_NAME} says base {meta_fp}, the index says {index_fp}")
+
+    marker_uri = storage.join(folder, COMMITTED)
+    if not storage.exists(marker_uri):
+        problems.append(f"{where}: the {COMMITTED} marker is missing (the adapter was never committed)")
+    else:
+        try:
+            marker = json.loads(storage.read_bytes(marker_uri))
+            if not isinstance(marker, dict):
+                raise ValueError("not an object")
+        except ValueError as err:
+            problems.append(f"{where}: the {COMMITTED} marker is not a JSON object ({err})")
+        else:
+            clip = row.get("clip_sha256")
+            if _present(clip) and marker.get("clip_sha256") not in (None, clip):
+                problems.append(f"{where}: the {COMMITTED} marker is for clip {marker.get('clip_sha256')}, the index says {clip}")
+
+    if expected_base is not None:
+        trained_on = meta_fp or index_fp
+        if trained_on != expected_base:
+            problems.append(f"{where}: trained on base {trained_on}, but the given base is {expected_base}")
+    return problems
+
+
+def verify(uri: str, base: str | None = None) -> list[str]:
+    """Check every adapter indexed by a run folder or library index; returns the problems found
+    (an empty list: all is well).
+
+    Per adapter: adapter.safetensors, adapter.json and the `_COMMITTED` marker exist; the
+    weights parse as safetensors (read with safetensors, never unpickled) and have the size
+    the index recorded; the base fingerprint in the metadata is the index's; and, when `base`
+    (a diffusers folder, local or any URI) is given, it is that base's fingerprint.
+    """
+    frame = _load_index(uri)
+    expected = base_fingerprint(base) if base is not None else None
+    problems: list[str] = []
+    if "adapter_uri" not in frame.columns:
+        return [f"{storage.redact(str(uri))}: the index has no adapter_uri column"]
+    for row in frame.to_dict("records"):
+        problems += _verify_row(row, expected)
+    return problems
+
+
+# ------------------------------------------------------------------------ export
+
+_LORA_SUFFIXES = (".lora_A.weight", ".lora_B.weight")
+
+_PIPELINES = {  # what a stock diffusers user loads the base with, per family
+    "unet3d": ("TextToVideoSDPipeline", 'pipe = TextToVideoSDPipeline.from_pretrained("path/to/base", torch_dtype=torch.float16)'),
+    "animatediff": (
+        "AnimateDiffPipeline, MotionAdapter",
+        'pipe = AnimateDiffPipeline.from_pretrained(\n    "path/to/base", motion_adapter=MotionAdapter.from_pretrained("path/to/base/motion_adapter"),\n'
+        "    torch_dtype=torch.float16,\n)",
+    ),
+}
+
+
+def peft_config(meta: dict) -> dict:
+    """The peft `LoraConfig` kwargs (as adapter_config.json holds them) of a LoRA adapter's metadata."""
+    lora = meta.get("lora")
+    if not lora or not lora.get("target_modules"):
+        raise AdapterError("LoRA adapter without its 'lora' config (r, lora_alpha, target_modules) in the metadata")
+    return {
+        "peft_type": "LORA",
+        "r": int(lora["r"]),
+        "lora_alpha": lora["lora_alpha"],
+        "target_modules": sorted(lora["target_modules"]),
+        "lora_dropout": 0.0,
+        "bias": "none",
+        "init_lora_weights": True,
+        "use_rslora": False,
+        "use_dora": False,
+        "fan_in_fan_out": False,
+    }
+
+
+def _readme_lora(meta: dict, cfg: dict) -> str:
+    family = meta.get("family") or "unet3d"
+    imports, load = _PIPELINES.get(family, _PIPELINES["unet3d"])
+    prompt = (meta.get("reference") or {}).get("prompt") or ""
+    return f"""# Motion adapter (peft LoRA)
+
+Exported by MotionCrafter. A LoRA (rank {cfg["r"]}, alpha {cfg["lora_alpha"]}) on {len(cfg["target_modules"])}
+layers of the UNet's temporal branch, for a `{family}` base with MotionCrafter fingerprint
+`{meta.get("base_fingerprint")}` (`motioncrafter.base.fingerprint_folder` of the base folder).
+Reference prompt: {json.dumps(prompt)}
+
+- `{PEFT_WEIGHTS}`: the LoRA tensors, keys in peft's naming (`<module>.lora_A.weight`, `<module>.lora_B.weight`)
+- `{PEFT_CONFIG}`: the peft `LoraConfig`
+
+Load it into a stock diffusers UNet with peft alone:
+
+```python
+import json
+
+import safetensors.torch
+import torch
+from diffusers import {imports}
+from peft import LoraConfig, inject_adapter_in_model, set_peft_model_state_dict
+
+{load}
+with open("{PEFT_CONFIG}") as f:
+    cfg = json.load(f)
+inject_adapter_in_model(LoraConfig(**cfg), pipe.unet)
+state_dict = safetensors.torch.load_file("{PEFT_WEIGHTS}")
+result = set_peft_model_state_dict(pipe.unet, state_dict)
+assert not result.unexpected_keys, result.unexpected_keys
+pipe.to("cuda")
+video = pipe({json.dumps(prompt or "a prompt")}, num_frames=16).frames
+```
+"""
+
+
+def _readme_full(meta: dict, keys: int) -> str:
+    family = meta.get("family") or "unet3d"
+    imports, load = _PIPELINES.get(family, _PIPELINES["unet3d"])
+    return f"""# Motion adapter (full temporal weights)
+
+Exported by MotionCrafter. The tuned weights of the UNet's temporal branch ({keys} tensors,
+keys are the UNet's own parameter names), for a `{family}` base with MotionCrafter
+fingerprint `{meta.get("base_fingerprint")}`.
+
+- `{FULL_WEIGHTS}`: the tensors
+
+Load them over a stock diffusers UNet (every other weight stays the base's):
+
+```python
+import safetensors.torch
+import torch
+from diffusers import {imports}
+
+{load}
+sd = safetensors.torch.load_file("{FULL_WEIGHTS}")
+result = pipe.unet.load_state_dict(sd, strict=False)
+assert not result.unexpected_keys, result.unexpected_keys
+```
+"""
+
+
+def export_adapter(adapter_uri: str, out_uri: str) -> list[str]:
+    """Write the adapter at `adapter_uri` into the folder `out_uri` in a format stock tools load;
+    returns the URIs written.
+
+    LoRA: `adapter_model.safetensors` + `adapter_config.json` (peft's format), which
+    `inject_adapter_in_model(LoraConfig(**cfg), unet)` then `set_peft_model_state_dict(unet, sd)`
+    load into a stock diffusers UNet with the same outputs as `adapters.attach`.
+    Full: `temporal_state_dict.safetensors`, for `unet.load_state_dict(sd, strict=False)`.
+    Both come with a README.md showing exactly that.
+    """
+    from safetensors.torch import save as save_safetensors
+
+    adapter = load_adapter(_adapter_folder(adapter_uri))
+    meta = dict(adapter.meta)
+    header = {"format": "pt", "motioncrafter": json.dumps(meta, sort_keys=True)}
+    tensors = {k: v.detach().to("cpu").contiguous() for k, v in adapter.tensors.items()}
+    written: list[str] = []
+
+    def put(name: str, data: bytes) -> None:
+        target = storage.join(out_uri, name)
+        storage.write_bytes(target, data)
+        written.append(target)
+
+    if adapter.kind == "lora":
+        cfg = peft_config(meta)
+        odd = [k for k in tensors if not k.endswith(_LORA_SUFFIXES)]
+        if odd:
+            raise AdapterError(f"{storage.redact(adapter_uri)}: tensors not in peft's LoRA naming, e.g. {odd[:2]}")
+        put(PEFT_WEIGHTS, save_safetensors(tensors, metadata=header))
+        put(PEFT_CONFIG, (json.dumps(cfg, indent=2, sort_keys=True) + "\n").encode())
+        put(README, _readme_lora(meta, cfg).encode())
+    elif adapter.kind == "full":
+        put(FULL_WEIGHTS, save_safetensors(tensors, metadata=header))
+        put(README, _readme_full(meta, len(tensors)).encode())
+    else:
+        raise AdapterError(f"{storage.redact(adapter_uri)}: unknown adapter kind {adapter.kind!r}")
+    return written
+
+
+# ------------------------------------------------------------------------ merge
+
+
+def merge_libraries(run_uris: list[str], out_uri: str, allow_mixed_bases: bool = False) -> pd.DataFrame:
+    """One library index over several runs, written as Parquet at `out_uri`; returns it.
+
+    The rows are the runs' adapter indexes (with their summary metrics), plus `source_run`
+    (the run's URI) and `library_id` ("<run folder name>/<motion_id>"). `adapter_uri` still
+    points at each run's files: nothing is copied. Adapters trained on different bases
+    (base fingerprints) raise ValueError unless `allow_mixed_bases`. A library index file
+    may be given in place of a run: its rows keep their source_run and library_id.
+    """
+    if isinstance(run_uris, str):
+        run_uris = [run_uris]
+    if not _is_index_file(out_uri):
+        raise ValueError(f"{storage.redact(out_uri)}: a library index is one .parquet file; name it ....parquet")
+    frames = []
+    for run in run_uris:
+        run = str(run).rstrip("/")
+        frame = _load_index(run)
+        if _is_index_file(run) and {"source_run", "library_id"} <= set(frame.columns):
+            frames.append(frame)
+            continue
+        frame = frame.copy()
+        frame["source_run"] = run
+        frame["library_id"] = [f"{_run_name(run)}/{m}" for m in frame["motion_id"]] if len(frame) else pd.Series(dtype=str)
+        frames.append(frame)
+    non_empty = [f for f in frames if len(f)]
+    merged = pd.concat(non_empty or frames[:1] or [pd.DataFrame(columns=KEY_COLUMNS)], ignore_index=True)
+    if "source_run" not in merged:
+        merged["source_run"] = pd.Series(dtype=str)
+        merged["library_id"] = pd.Series(dtype=str)
+
+    duplicated = merged["library_id"][merged["library_id"].duplicated()].unique().tolist()
+    if duplicated:
+        raise ValueError(
+            f"library ids {duplicated[:5]} appear more than once: the same run given twice, "
+            "or two runs whose folders have the same name"
+        )
+    if "base_fingerprint" in merged and not allow_mixed_bases:
+        fps = merged["base_fingerprint"].dropna()
+        if fps.nunique() > 1:
+            by_base = {fp: sorted(set(merged.loc[fps.index[fps == fp], "source_run"])) for fp in sorted(fps.unique())}
+            detail = "; ".join(f"{fp}: {', '.join(storage.redact(r) for r in runs)}" for fp, runs in by_base.items())
+            raise ValueError(f"the runs' adapters were trained on different bases ({detail}); pass allow_mixed_bases=True to merge anyway")
+
+    front = [c for c in ("library_id", *KEY_COLUMNS, "source_run") if c in merged]
+    merged = merged[front + [c for c in merged.columns if c not in front]]
+    _write_parquet(merged, out_uri)
+    return merged
+
+
+# ------------------------------------------------------------------------ CLI
+
+DEFAULT_COLUMNS = ["motion_id", "kind", "mode", "bytes", "base_fingerprint"]
+
+ADAPTERS_EPILOG = """examples:
+  # the adapters of a run, with their metrics; only the faithful LoRAs
+  motioncrafter adapters ls runs/run-20250101-000000 --where "motion_fidelity>0.5" --where kind=lora
+  motioncrafter adapters ls s3://bucket/library.parquet --columns library_id,prompt,motion_fidelity --format csv
+
+  # one adapter's metadata, file sizes and commit marker
+  motioncrafter adapters show runs/run-20250101-000000/adapters/m0
+
+  # check every adapter's files (exit status 1 on any problem), against a base
+  motioncrafter adapters verify runs/run-20250101-000000 --base models/moving-shapes
+
+  # peft / diffusers files a stock pipeline loads
+  motioncrafter adapters export runs/run-20250101-000000/adapters/m0 exported/m0
+
+  # one library index over several runs (nothing is copied)
+  motioncrafter adapters merge s3://bucket/library.parquet runs/run-a runs/run-b
+"""
+
+_LS_EPILOG = """examples:
+  motioncrafter adapters ls runs/run-20250101-000000
+  motioncrafter adapters ls runs/run-20250101-000000 --where "motion_fidelity>0.5" --where kind=lora
+  motioncrafter adapters ls library.parquet --columns library_id,motion_id,motion_fidelity --format json
+
+filters: <column><op><value>, op one of >, >=, <, <=, =, != (all must hold; a missing value fails).
+default columns: motion_id, kind, mode, bytes, base_fingerprint (library_id first for a library
+index), then every column a filter names.
+"""
+
+_SHOW_EPILOG = """examples:
+  motioncrafter adapters show runs/run-20250101-000000/adapters/m0
+  motioncrafter adapters show s3://bucket/runs/run-20250101-000000/adapters/m0/adapter.safetensors
+"""
+
+_VERIFY_EPILOG = """examples:
+  motioncrafter adapters verify runs/run-20250101-000000
+  motioncrafter adapters verify s3://bucket/library.parquet --base s3://bucket/models/moving-shapes
+
+exit status: 0 when every adapter checks out, 1 when any problem is found (one line each).
+"""
+
+_EXPORT_EPILOG = """examples:
+  motioncrafter adapters export runs/run-20250101-000000/adapters/m0 exported/m0
+  motioncrafter adapters export s3://bucket/runs/run-20250101-000000/adapters/m0 s3://bucket/exported/m0
+
+a LoRA gives adapter_model.safetensors + adapter_config.json (peft), a full adapter
+temporal_state_dict.safetensors (unet.load_state_dict); both with a README.md on how to load them.
+"""
+
+_MERGE_EPILOG = """examples:
+  motioncrafter adapters merge library.parquet runs/run-a runs/run-b
+  motioncrafter adapters merge s3://bucket/library.parquet s3://bucket/library-old.parquet s3://bucket/runs/run-c
+  motioncrafter adapters merge mixed.parquet runs/run-a runs/run-on-other-base --allow-mixed-bases
+"""
+
+
+def add_adapters_parser(subparsers):
+    """Register `motioncrafter adapters ls|show|verify|export|merge` on the CLI's subparsers."""
+    import argparse
+
+    raw = argparse.RawDescriptionHelpFormatter
+    p = subparsers.add_parser("adapters", help="list, inspect, verify, export and merge trained motion adapters",
+                              description="The adapter library: a run folder or a library index (.parquet).",
+                              epilog=ADAPTERS_EPILOG, formatter_class=raw)
+    actions = p.add_subparsers(dest="action", required=True)
+
+    ls = actions.add_parser("ls", help="the adapters of a run or library, filtered, as a table",
+                            description="List the adapters of a run folder (with its summary metrics) or a library index.",
+                            epilog=_LS_EPILOG, formatter_class=raw)
+    ls.add_argument("uri", metavar="URI", help="run folder (<output>/<run-id>) or library .parquet: path or fsspec URI")
+    ls.add_argument("--where", action="append", default=[], metavar="EXPR",
+                    help="filter such as motion_fidelity>0.5 or kind=lora (repeatable; all must hold)")
+    ls.add_argument("--columns", metavar="A,B,C", help="comma-separated columns to print (default: see below)")
+    ls.add_argument("--format", choices=["table", "csv", "json"], default="table", help="output format (default: table)")
+    ls.set_defaults(func=cmd_adapters_ls)
+
+    show = actions.add_parser("show", help="one adapter's metadata, file sizes and commit marker, as JSON",
+                              description="Print an adapter folder's adapter.json, file sizes and _COMMITTED marker as JSON.",
+                              epilog=_SHOW_EPILOG, formatter_class=raw)
+    show.add_argument("adapter_uri", metavar="ADAPTER_URI", help="adapter folder (or its adapter.safetensors): path or fsspec URI")
+    show.set_defaults(func=cmd_adapters_show)
+
+    ver = actions.add_parser("verify", help="check every adapter's files; exit status 1 on any problem",
+                             description="Check that every indexed adapter's weights, metadata and marker exist, parse "
+                                         "and agree with the index (and with a base, given --base).",
+                             epilog=_VERIFY_EPILOG, formatter_class=raw)
+    ver.add_argument("uri", metavar="URI", help="run folder or library .parquet: path or fsspec URI")
+    ver.add_argument("--base", metavar="BASE_URI", help="diffusers base folder the adapters must have been trained on")
+    ver.set_defaults(func=cmd_adapters_verify)
+
+    exp = actions.add_parser("export", help="write an adapter as peft / diffusers files",
+                             description="Write the adapter in a format stock peft / diffusers load, with a README.md.",
+                             epilog=_EXPORT_EPILOG, formatter_class=raw)
+    exp.add_argument("adapter_uri", metavar="ADAPTER_URI", help="adapter folder: path or fsspec URI")
+    exp.add_argument("out_uri", metavar="OUT_URI", help="folder to write: path or fsspec URI")
+    exp.set_defaults(func=cmd_adapters_export)
+
+    mer = actions.add_parser("merge", help="one library index (.parquet) over several runs",
+                             description="Write one library index over several runs (or library indexes); "
+                                         "its rows point at the runs' adapters, nothing is copied.",
+                             epilog=_MERGE_EPILOG, formatter_class=raw)
+    mer.add_argument("out_uri", metavar="OUT.parquet", help="library index to write: path or fsspec URI ending in .parquet")
+    mer.add_argument("run_uris", metavar="RUN_URI", nargs="+", help="run folders or library .parquet files")
+    mer.add_argument("--allow-mixed-bases", action="store_true", help="merge adapters trained on different bases")
+    mer.set_defaults(func=cmd_adapters_merge)
+    return p
+
+
+def _plural(count: int, noun: str) -> str:
+    return f"{count} {noun}{'' if count == 1 else 's'}"
+
+
+def _ls_columns(frame: pd.DataFrame, columns: str | None, where: list[str]) -> list[str]:
+    if columns:
+        wanted = [c.strip() for c in columns.split(",") if c.strip()]
+        unknown = [c for c in wanted if c not in frame.columns]
+        if unknown:
+            raise ValueError(f"unknown column(s) {', '.join(map(repr, unknown))}; known columns: {', '.join(map(str, frame.columns))}")
+        return wanted
+    chosen = (["library_id"] if "library_id" in frame.columns else []) + [c for c in DEFAULT_COLUMNS if c in frame.columns]
+    for expression in where:
+        match = _FILTER.match(expression)
+        if match and match.group(1) in frame.columns and match.group(1) not in chosen:
+            chosen.append(match.group(1))
+    return chosen
+
+
+def cmd_adapters_ls(args) -> int:
+    frame = list_adapters(args.uri, args.where)
+    frame = frame[_ls_columns(frame, args.columns, args.where)]
+    if args.format == "csv":
+        print(frame.to_csv(index=False), end="")
+    elif args.format == "json":
+        print(frame.to_json(orient="records", indent=2))
+    elif len(frame):
+        print(frame.to_string(index=False))
+    else:
+        print("no adapters" + (" match " + " and ".join(args.where) if args.where else ""))
+    return 0
+
+
+def cmd_adapters_show(args) -> int:
+    print(json.dumps(show_adapter(args.adapter_uri), indent=2, default=str))
+    return 0
+
+
+def cmd_adapters_verify(args) -> int:
+    count = len(_load_index(args.uri))
+    problems = verify(args.uri, base=args.base)
+    for problem in problems:
+        print(problem)
+    print(f"{_plural(count, 'adapter')} verified, {_plural(len(problems), 'problem')}")
+    return 1 if problems else 0
+
+
+def cmd_adapters_export(args) -> int:
+    for uri in export_adapter(args.adapter_uri, args.out_uri):
+        print(storage.redact(uri))
+    return 0
+
+
+def cmd_adapters_merge(args) -> int:
+    merged = merge_libraries(args.run_uris, args.out_uri, allow_mixed_bases=args.allow_mixed_bases)
+    print(f"{_plural(len(merged), 'adapter')} from {_plural(len(args.run_uris), 'source')} -> {storage.redact(args.out_uri)}")
+    return 0

@@ -1,0 +1,162 @@
+"""Ingest (Ray Data): manifest rows -> decoded reference frames + VAE latents, cached.
+
+    rows --map (tasks)--> fetch, hash, decode + sample frames  -> _cache/frames/<key>
+         --map_batches (actors holding the VAE)--> encode        -> _cache/latents/<base>/<key>
+
+The cache key is the hash of the video's bytes and of every decoding parameter,
+so the same clip under two ids, or in a re-run, is decoded once. A clip that
+cannot be fetched or decoded becomes a failure row; the dataset goes on.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import time
+from dataclasses import asdict, dataclass
+
+import numpy as np
+import ray
+import safetensors.numpy
+import torch
+
+from motioncrafter import storage
+from motioncrafter.base import open_base
+from motioncrafter.config import Config, ModelConfig, VideoConfig
+from motioncrafter.trainer import clip_hash
+from motioncrafter.video import VideoError, read_video, video_bytes_hash
+from pipelines.layout import RunLayout
+from pipelines.manifest import Failure, ManifestRow
+
+STAGE = "ingest"
+
+
+@dataclass
+class Clip:
+    """A manifest row whose reference frames are decoded and cached."""
+
+    row: ManifestRow
+    frames_uri: str
+    latents_uri: str  # the VAE latents of the frames, for this base: training does not encode again
+    clip_sha256: str  # hash of the decoded frames (what the adapter metadata records)
+    decoded: bool  # False: the frames came from the cache
+
+
+@dataclass
+class IngestResult:
+    clips: list[Clip]
+    failures: list[Failure]
+    decoded: int
+    encoded: int
+    seconds: float
+
+
+def save_array(uri: str, name: str, array: np.ndarray, meta: dict | None = None) -> None:
+    """One array as a safetensors file: nothing in the cache is ever unpickled."""
+    storage.write_bytes(uri, safetensors.numpy.save({name: np.ascontiguousarray(array)}, metadata=meta))
+
+
+def load_array(uri: str, name: str) -> np.ndarray:
+    return safetensors.numpy.load(storage.read_bytes(uri))[name]
+
+
+def load_frames(uri: str) -> np.ndarray:
+    """Cached uint8 frames (T, H, W, 3)."""
+    return load_array(uri, "frames")
+
+
+def clip_key(video_bytes: bytes, video: VideoConfig, row: dict) -> str:
+    """Content hash of a clip as decoded: its bytes and every parameter of the decoding."""
+    params = {**asdict(video), "start_sec": row["start_sec"], "end_sec": row["end_sec"]}
+    params.pop("fps")  # only used when writing videos
+    text = json.dumps({"video_sha256": video_bytes_hash(video_bytes), **params}, sort_keys=True)
+    return hashlib.sha256(text.encode()).hexdigest()[:32]
+
+
+def _outcome(row: dict, **fields) -> dict:
+    # Every output row has every column with one type, so Ray Data blocks always share a schema.
+    return {"row": row["row"], "key": "", "frames": b"", "clip_sha256": "", "decoded": False, "error": ""} | fields
+
+
+def decode_row(item: dict, layout: RunLayout, video: VideoConfig, decode: bool = True) -> dict:
+    """Fetch one clip, then decode it unless its frames are cached (a Ray Data task).
+    `decode=False` (a later stage run alone) only looks the clip up in the cache."""
+    row = json.loads(item["row_json"])
+    try:
+        data = storage.read_bytes(row["video_uri"])
+        key = clip_key(data, video, row)
+        cached = layout.frames_cache(key)
+        if storage.exists(cached):
+            frames = load_frames(cached)
+            return _outcome(row, key=key, clip_sha256=clip_hash(frames))
+        if not decode:
+            return _outcome(row, error="not ingested yet: run `motioncrafter ingest` (or `motioncrafter run`) first")
+        frames = read_video(data, video.num_frames, video.height, video.width, video.sampling, video.stride,
+                            row["start_sec"], row["end_sec"])
+        save_array(cached, "frames", frames, {"video_uri": storage.redact(row["video_uri"])})
+        return _outcome(row, key=key, frames=frames.tobytes(), clip_sha256=clip_hash(frames), decoded=True)
+    except VideoError as err:  # decoded from bytes: the error cannot name the URI, so we do
+        return _outcome(row, error=f"{type(err).__name__}: {storage.redact(row['video_uri'])}: {err.reason}")
+    except OSError as err:  # storage errors name the URI themselves (credentials redacted)
+        return _outcome(row, error=f"{type(err).__name__}: {err}")
+    except Exception as err:  # any per-clip error is that row's failure, never the dataset's
+        return _outcome(row, error=f"{storage.redact(row['video_uri'])}: {type(err).__name__}: {err}")
+
+
+class Encoder:
+    """Holds the base's VAE; encodes a batch of clips whose latents are not cached yet (a Ray Data actor)."""
+
+    def __init__(self, model: ModelConfig, layout: RunLayout, video: VideoConfig):
+        # The whole base is opened because encode_frames lives on BaseModel; only its VAE runs here.
+        self.base = open_base(model)
+        self.layout, self.shape = layout, (video.num_frames, video.height, video.width, 3)
+
+    def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        encoded = np.zeros(len(batch["row"]), dtype=bool)
+        uris = [self.layout.latents_cache(self.base.fingerprint, key) for key in batch["key"]]
+        todo, frames = [], []
+        for i, (uri, key, error) in enumerate(zip(uris, batch["key"], batch["error"])):
+            if error or storage.exists(uri):
+                continue
+            raw = batch["frames"][i]
+            clip = np.frombuffer(raw, np.uint8).reshape(self.shape) if len(raw) else load_frames(self.layout.frames_cache(key))
+            todo.append((i, uri))
+            frames.append(clip)
+        if frames:
+            with torch.no_grad():
+                latents = self.base.encode_frames(np.stack(frames)).cpu().numpy()
+            for (i, uri), z in zip(todo, latents):
+                save_array(uri, "latents", z)
+                encoded[i] = True
+        out = {k: v for k, v in batch.items() if k != "frames"}  # the frames are cached; do not carry them on
+        out["encoded"] = encoded
+        out["latents_uri"] = np.array(uris, dtype=object)
+        return out
+
+
+def ingest(rows: list[ManifestRow], layout: RunLayout, cfg: Config, decode: bool = True) -> IngestResult:
+    """Decode and encode every row's clip (cached ones are neither); per-row errors become failures.
+    `decode=False`: clips not in the cache fail instead of being decoded (stages run alone)."""
+    if not rows:
+        return IngestResult([], [], 0, 0, 0.0)
+    started, pc = time.time(), cfg.pipeline
+    by_row = {r.row: r for r in rows}
+    # one row per block (up to 1000 blocks): decode tasks spread over the cluster, not one task taking all rows
+    items = [{"row_json": json.dumps(r.to_dict())} for r in rows]
+    ds = ray.data.from_items(items, override_num_blocks=min(len(rows), 1000))
+    ds = ds.map(decode_row, fn_kwargs={"layout": layout, "video": cfg.video, "decode": decode},
+                compute=ray.data.TaskPoolStrategy(size=min(pc.ingest_concurrency, len(rows))), num_cpus=1)
+    ds = ds.map_batches(Encoder, fn_constructor_args=(cfg.model, layout, cfg.video), batch_size=8,
+                        compute=ray.data.ActorPoolStrategy(size=min(pc.encode_concurrency, len(rows))), num_cpus=1,
+                        num_gpus=pc.encode_gpus or None)
+    clips, failures, decoded, encoded = [], [], 0, 0
+    for out in ds.iter_rows():
+        row = by_row[int(out["row"])]
+        if out["error"]:
+            failures.append(Failure(row.motion_id, row.row, STAGE, out["error"]))
+            continue
+        clips.append(Clip(row, layout.frames_cache(out["key"]), out["latents_uri"], out["clip_sha256"], bool(out["decoded"])))
+        decoded += bool(out["decoded"])
+        encoded += bool(out["encoded"])
+    clips.sort(key=lambda c: c.row.row)
+    return IngestResult(clips, failures, decoded, encoded, time.time() - started)

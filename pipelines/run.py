@@ -1,0 +1,258 @@
+"""The driver: `motioncrafter run --manifest URI --output URI [--config FILE] [--run-id ID]
+[--base-model URI] [--set section.key=value ...]`.
+
+    manifest -> ingest (Ray Data) -> train (Ray Train gangs) -> render -> evaluate -> report
+
+Output at <output>/<run_id>/ as in DESIGN.md section 5. Every manifest row ends
+exactly once in summary/ or failures/. Running again with the same run id
+resumes: committed adapters are kept and cached clips are not decoded again.
+Exit code 0 when the run completed (failed rows included), 1 with a one-line
+reason when it could not proceed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import sys
+import time
+from dataclasses import asdict, replace
+from importlib import metadata
+
+import ray
+
+from motioncrafter import storage
+from motioncrafter.config import Config, ConfigError, PipelineConfig, load_config
+from motioncrafter.toyworld import BASE_DIR
+from pipelines import report
+from pipelines.evaluate import EvaluateResult, evaluate
+from pipelines.ingest import ingest
+from pipelines.layout import RunLayout, absolute_uri
+from pipelines.manifest import Failure, ManifestError, load_manifest
+from pipelines.render import render_motions, stored_renders, write_renders
+from pipelines.train import committed_only, train
+
+log = logging.getLogger("motioncrafter.run")
+PACKAGES = ("motioncrafter", "torch", "diffusers", "transformers", "peft", "ray", "deepspeed", "pyarrow", "fsspec", "s3fs")
+
+
+def _versions() -> dict[str, str | None]:
+    found = {"python": sys.version.split()[0]}
+    for name in PACKAGES:
+        try:
+            found[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            found[name] = None
+    return found
+
+
+def _connect(pc: PipelineConfig) -> bool:
+    """Join the Ray the caller already started, a cluster at `ray_address`, or start one embedded
+    here. Returns whether we started (and so must stop) it."""
+    if ray.is_initialized():
+        return False
+    address = pc.ray_address or os.environ.get("RAY_ADDRESS")  # set for drivers of `ray job submit`
+    if address:
+        ray.init(address=address, namespace="motioncrafter")
+    else:
+        ray.init(num_cpus=pc.ray_num_cpus or None, dashboard_host=pc.dashboard_host, namespace="motioncrafter")
+    return True
+
+
+def _check_base(uri: str) -> None:
+    """A missing base would fail every clip in every worker; say so once, before anything starts."""
+    if not storage.exists(storage.join(uri, "model_index.json")):
+        raise FileNotFoundError(f"base model {storage.redact(uri)}: not a diffusers folder (no model_index.json); "
+                                "give one with --base-model")
+
+
+def _account(total: int, rows: dict[int, str], summary: list[dict], failures: list[Failure]) -> list[Failure]:
+    """The invariant: each manifest row in exactly one of summary and failures. A row with no
+    outcome (it would take a bug) still gets a failure row, never silently disappears."""
+    seen = {r["row"] for r in summary} | {f.row for f in failures}
+    lost = [Failure(rows.get(i, ""), i, "pipeline", "no outcome recorded for this row (internal error)")
+            for i in range(total) if i not in seen]
+    for f in lost:
+        log.error("row %d (%s): %s", f.row, f.motion_id, f.reason)
+    return lost
+
+
+STAGES = ("ingest", "train", "render", "evaluate", "report")
+
+
+def run_pipeline(manifest_uri: str, output_uri: str, config: Config | None = None, run_id: str | None = None,
+                 base_model: str | None = None, stage: str | None = None) -> dict:
+    """Run the whole pipeline, or one `stage` of it alone; returns what run.json records. Raises only
+    when the run cannot proceed (unreadable manifest, bad run id, unreachable output or cluster).
+
+    A stage run alone works on what the earlier stages of this run id left on storage and never
+    redoes them: `train` takes the ingested clips (a clip not in the cache fails, it is not decoded),
+    `render` the committed adapters (nothing is trained), `evaluate` the rendered videos (decoded from
+    their MP4s), `report` the tables. The whole run renders and scores in one streaming pass instead.
+    """
+    cfg = config or Config()
+    if base_model:
+        cfg = replace(cfg, model=replace(cfg.model, base_model=base_model))
+    if cfg.model.base_model:
+        cfg = replace(cfg, model=replace(cfg.model, base_model=absolute_uri(cfg.model.base_model)))
+    layout = RunLayout(absolute_uri(output_uri), run_id or time.strftime("run-%Y%m%d-%H%M%S", time.gmtime()))
+    if stage == "report":
+        return rewrite_report(layout)
+    if stage not in (None, *STAGES):
+        raise ValueError(f"unknown stage {stage!r}; one of {', '.join(STAGES)}")
+    started = time.time()
+    manifest = load_manifest(absolute_uri(manifest_uri), cfg)
+    _check_base(cfg.model.base_model or str(BASE_DIR))
+    resumed = storage.exists(layout.run_json)
+    info = {
+        "run_id": layout.run_id, "status": "running", "command": stage or "run", "resumed": resumed, "started_at": started,
+        "manifest": {"uri": storage.redact(manifest.uri), "sha256": manifest.sha256, "rows": manifest.total,
+                     "ignored_columns": manifest.ignored_columns},
+        "output": storage.redact(layout.root), "config": cfg.to_dict(), "versions": _versions(),
+    }
+    storage.write_bytes(layout.run_json, _json(info))
+    log.info("%s %s: %d manifest rows (%d invalid) -> %s", stage or "run", layout.run_id, manifest.total,
+             len(manifest.failures), storage.redact(layout.root))
+
+    ev, rendered_videos = EvaluateResult(), 0
+    started_ray = _connect(cfg.pipeline)
+    try:
+        ing = _stage("ingest", lambda: ingest(manifest.rows, layout, cfg, decode=stage in (None, "ingest")))
+        tr = _stage("train", lambda: train(ing.clips, layout, cfg)) if stage in (None, "train") else committed_only(ing.clips, layout)
+        if stage in (None, "render", "evaluate") and tr.adapters:
+            render = render_motions if stage != "evaluate" else stored_renders
+            rendered = render(ing.clips, tr.adapters, layout, cfg)
+            if stage == "render":
+                rendered_videos, render_failures = _stage("render", lambda: write_renders(rendered, len(tr.adapters)))
+                ev = EvaluateResult(failures=render_failures)
+            else:
+                ev = _stage(stage or "render + evaluate", lambda: evaluate(rendered, len(tr.adapters), cfg))
+    finally:
+        if started_ray:
+            ray.shutdown()
+    if stage == "ingest":  # training did not run: its "no committed adapter" failures are not failures yet
+        tr = replace(tr, failures=[])
+
+    prompts = {r.motion_id: r.prompt for r in manifest.rows}
+    summary = [_summary_row(m, prompts[m["motion_id"]], tr.adapters[m["motion_id"]], layout) for m in ev.motions]
+    failures = manifest.failures + ing.failures + tr.failures + ev.failures
+    scored = stage in (None, "evaluate")
+    if scored:  # every row has an outcome now
+        failures += _account(manifest.total, {r.row: r.motion_id for r in manifest.rows}, summary, failures)
+    failures.sort(key=lambda f: f.row)
+
+    adapters = report.adapter_index(layout, {c.row.motion_id: c.row.row for c in ing.clips})
+    report.write_table(adapters, layout.adapters_index, "adapters")
+    report.write_table([asdict(f) for f in failures], layout.table("failures"), "failures")
+    if scored:
+        report.write_table(ev.results, layout.table("results"), "results")
+        report.write_table(summary, layout.table("summary"), "summary")
+
+    info |= {
+        "status": "completed", "finished_at": time.time(), "seconds": round(time.time() - started, 3),
+        "stages": {
+            "ingest": {"seconds": round(ing.seconds, 3), "clips": len(ing.clips), "decoded": ing.decoded,
+                       "encoded": ing.encoded, "failed": len(ing.failures)},
+            "train": {"seconds": round(tr.seconds, 3), "tune_seconds": round(tr.tune_seconds, 3), "scheduler": cfg.pipeline.scheduler,
+                      "trained": sum(a["trained"] for a in tr.adapters.values()), "resumed": tr.resumed,
+                      "failed": len(tr.failures), "gang_errors": tr.gang_errors, "commit_conflicts": sum(tr.conflicts.values())},
+            "render_evaluate": {"seconds": round(ev.seconds, 3), "motions": len(summary), "videos": len(ev.results) or rendered_videos,
+                                "failed": len(ev.failures)},
+        },
+        "counts": {"rows": manifest.total, "summary": len(summary), "failures": len(failures), "adapters": len(adapters)},
+    }
+    if scored:
+        report.write_html(layout, info, summary, ev.results, failures, references={c.row.motion_id: c.frames_uri for c in ing.clips})
+    storage.write_bytes(layout.run_json, _json(info))
+    return info
+
+
+def _stage(name: str, work):
+    """One log line at the start and one at the end of a stage, with its time."""
+    log.info("%s: started", name)
+    started = time.time()
+    result = work()
+    log.info("%s: done in %.1f s", name, time.time() - started)
+    return result
+
+
+def rewrite_report(layout: RunLayout) -> dict:
+    """`motioncrafter report`: report.html again from the run's run.json and tables (no Ray)."""
+    if not storage.exists(layout.run_json):
+        raise FileNotFoundError(f"{storage.redact(layout.root)}: no run.json; run the pipeline first")
+    info = json.loads(storage.read_bytes(layout.run_json))
+    summary, results, failures = report.read_tables(layout)
+    report.write_html(layout, info, summary, results, failures)
+    return info
+
+
+def _summary_row(motion: dict, prompt: str, adapter: dict, layout: RunLayout) -> dict:
+    """A motion's metrics (from evaluate) with where its files are and what training it took."""
+    return {**motion, "prompt": prompt, "adapter_uri": adapter["adapter_uri"], "grid_uri": layout.grid(motion["motion_id"]),
+            "train_seconds": adapter["seconds"], "train_attempts": adapter["attempts"],
+            "resumed": not adapter["trained"]}  # its adapter was committed by an earlier run of this run id
+
+
+def _json(data: dict) -> bytes:
+    return (json.dumps(data, indent=2, sort_keys=True, default=str) + "\n").encode()
+
+
+STAGE_HELP = {
+    None: ("Run the whole pipeline over a manifest on Ray: ingest, train, render + evaluate, report.",
+           "motioncrafter run --manifest manifests/demo.jsonl --output runs/ --run-id demo --config manifests/demo.toml"),
+    "ingest": ("Decode the manifest's clips and VAE-encode them into the output's cache (nothing else).",
+               "motioncrafter ingest --manifest s3://bucket/clips.parquet --output s3://bucket/runs --run-id lib-v1"),
+    "train": ("Tune a motion adapter for every ingested clip that has no committed one yet (no rendering).",
+              "motioncrafter train --manifest s3://bucket/clips.parquet --output s3://bucket/runs --run-id lib-v1"),
+    "render": ("Render the eval prompts x seeds of every committed adapter: videos and grids (no scoring).",
+               "motioncrafter render --manifest m.jsonl --output runs/ --run-id demo --set 'render.seeds=[0,1,2,3]'"),
+    "evaluate": ("Score the rendered videos on storage: results/, summary/, failures/ and report.html.",
+                 "motioncrafter evaluate --manifest m.jsonl --output runs/ --run-id demo"),
+    "report": ("Write report.html again from the run's run.json and tables (no Ray, no manifest).",
+               "motioncrafter report --output runs/ --run-id demo"),
+}
+
+
+def build_parser(stage: str | None = None) -> argparse.ArgumentParser:
+    description, example = STAGE_HELP[stage]
+    p = argparse.ArgumentParser(prog=f"motioncrafter {stage or 'run'}", description=description,
+                                epilog=f"example:\n  {example}", formatter_class=argparse.RawDescriptionHelpFormatter)
+    if stage != "report":
+        p.add_argument("--manifest", required=True, help="Parquet, JSONL or CSV manifest: path or fsspec URI")
+    p.add_argument("--output", required=True, help="output folder: path or fsspec URI (s3://...); the run goes to <output>/<run-id>/")
+    p.add_argument("--run-id", required=stage is not None,
+                   help="name of the run (default for run: run-<UTC time>); the same id again resumes")
+    if stage != "report":
+        p.add_argument("--config", help="TOML or YAML config file (reference: docs/config.md)")
+        p.add_argument("--base-model", help="diffusers folder or fsspec URI (default: the shipped MovingShapes base)")
+        p.add_argument("--set", dest="overrides", action="append", default=[], metavar="SECTION.KEY=VALUE",
+                       help="override one config field, e.g. --set tune.steps=100 (repeatable)")
+    verbosity = p.add_mutually_exclusive_group()
+    verbosity.add_argument("-q", "--quiet", action="store_true", help="warnings and errors only")
+    verbosity.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    return p
+
+
+def main(argv: list[str] | None = None, stage: str | None = None) -> int:
+    args = build_parser(stage).parse_args(argv)
+    level = logging.WARNING if args.quiet else logging.DEBUG if args.verbose else logging.INFO
+    logging.basicConfig(level=level, format="%(asctime)s %(name)s: %(message)s")
+    logging.getLogger("motioncrafter").setLevel(level)
+    logging.getLogger("pipelines").setLevel(level)
+    try:
+        cfg = load_config(getattr(args, "config", None), getattr(args, "overrides", []))
+        info = run_pipeline(getattr(args, "manifest", ""), args.output, cfg, args.run_id, getattr(args, "base_model", None), stage)
+    except (ManifestError, ConfigError, ValueError, OSError, ConnectionError) as err:
+        print(f"motioncrafter {stage or 'run'}: error: {err}".splitlines()[0], file=sys.stderr)
+        return 1
+    c = info.get("counts", {})
+    if not args.quiet:
+        print(f"{stage or 'run'} {info['run_id']} completed in {info.get('seconds', 0):.0f} s: {c.get('summary', 0)} motions, "
+              f"{c.get('failures', 0)} failed rows, {c.get('adapters', 0)} adapters -> {info['output']}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
