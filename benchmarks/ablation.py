@@ -68,14 +68,15 @@ def run_mode(mode: str, args: argparse.Namespace) -> list[dict]:
     cfg = Config()
     base = load_base(args.base)
     tune = replace(cfg.tune, mode=mode if mode != "base" else "motioncrafter", steps=args.steps, progress=False,
-                   lambda_app=args.lambda_app)
+                   lambda_app=args.lambda_app, lr=args.lr)
+    adapter_cfg = replace(cfg.adapter, rank=args.rank, alpha=float(args.rank))
     render_cfg = replace(cfg.render, num_steps=args.render_steps)
     rows = []
     for ref in REFERENCES[: args.clips]:
         clip = render_clip(ClipSpec(*ref))
         seconds, size = 0.0, 0
         if mode != "base":
-            result = tune_clip(base, clip.frames, clip.caption, tune, cfg.adapter, cfg.enhance)
+            result = tune_clip(base, clip.frames, clip.caption, tune, adapter_cfg, cfg.enhance)
             seconds, size = result.seconds, result.adapter.nbytes()
             attach(base, result.adapter, "motion")
         prompts = eval_prompts(ref, args.prompts)
@@ -139,10 +140,11 @@ def markdown(table, args, wall: float) -> str:
         "# Ablation on MovingShapes",
         "",
         f"{args.clips} reference clips ({min(args.clips, 5)} with held-out motions) x {args.prompts} evaluation prompts x "
-        f"{args.seeds} seeds; every mode tunes {args.steps} steps (seed 0, lambda_app {args.lambda_app}), renders with "
+        f"{args.seeds} seeds; every mode tunes {args.steps} steps (seed 0, lambda_app {args.lambda_app}, lr {args.lr}, "
+        f"rank {args.rank}), renders with "
         f"DDIM {args.render_steps} steps, guidance 4. Wall time {wall / 60:.1f} min on this machine.",
         f"Command: `python benchmarks/ablation.py --clips {args.clips} --prompts {args.prompts} --seeds {args.seeds} "
-        f"--steps {args.steps}`",
+        f"--steps {args.steps} --lambda-app {args.lambda_app} --lr {args.lr} --rank {args.rank}`",
         "",
         *lines,
         "",
@@ -165,6 +167,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--steps", type=int, default=200)
     p.add_argument("--render-steps", type=int, default=25)
     p.add_argument("--lambda-app", type=float, default=1.0)
+    p.add_argument("--lr", type=float, default=1e-3, help="tune.lr: learning rate of the motion adapter")
+    p.add_argument("--rank", type=int, default=8, help="adapter.rank (alpha = rank, scale 1)")
     p.add_argument("--modes", nargs="+", default=list(MODES), choices=MODES)
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--out", default="benchmarks/results/ablation.md")

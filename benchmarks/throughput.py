@@ -1,12 +1,14 @@
 """Training throughput of the pipeline: long-lived gangs vs one Ray Train run per clip.
 
-    python benchmarks/throughput.py [--clips 16] [--large 48] [--steps 10] [--gangs 2] [--base-model DIR]
-                                    [--out benchmarks/results/throughput.md]
+    python benchmarks/throughput.py [--clips 16] [--steps 5 20] [--large 48] [--large-steps 50] [--gangs 2]
+                                    [--base-model DIR] [--out benchmarks/results/throughput.md]
 
 Both schedulers tune the same MovingShapes clips with the same step budget on the
 same Ray, side by side in one run; clips are ingested once beforehand, so only
 the train stage is timed. Reported:
-- clips/hour of `gangs` and of `per_clip` on `--clips` clips (goal: gangs >= 3x);
+- clips/hour of `gangs` and of `per_clip` on `--clips` clips at each `--steps` budget
+  (goal: gangs >= 3x); per_clip pays a worker-group start and a base load per clip,
+  so the ratio falls as tuning a clip takes longer;
 - orchestration efficiency of gangs on `--large` clips:
   time inside tune_clip / (wall time x workers) (goal >= 0.9);
 - where the rest of the wall time goes: start-up until each gang's first lease
@@ -62,8 +64,10 @@ def timed_train(clips, output: str, run_id: str, cfg) -> dict:
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--clips", type=int, default=16)
+    p.add_argument("--steps", type=int, nargs="+", default=[5, 20],
+                   help="tune.steps budgets at which gangs and per_clip are compared (the same for both)")
     p.add_argument("--large", type=int, default=48, help="clips for the efficiency measurement (0 skips it)")
-    p.add_argument("--steps", type=int, default=10, help="tune.steps of every clip (the same budget for both)")
+    p.add_argument("--large-steps", type=int, default=50, help="tune.steps of the efficiency measurement")
     p.add_argument("--gangs", type=int, default=2, help="gangs, and per_clip runs side by side")
     p.add_argument("--num-cpus", type=int, default=4, help="logical CPUs of the embedded Ray")
     p.add_argument("--base-model", default=str(BASE_DIR))
@@ -71,46 +75,54 @@ def main() -> None:
     args = p.parse_args()
 
     work = Path(tempfile.mkdtemp(prefix="mc-throughput-"))
-    count = max(args.clips, args.large)
-    manifest = load_manifest(str(write_clips(sample_specs(count, 0, HELD_OUT_MOTIONS), work / "clips")))
-    common = [f"tune.steps={args.steps}", f"pipeline.num_gangs={args.gangs}", "pipeline.start_timeout_s=600",
-              f"model.base_model={args.base_model}"]
+    manifest = load_manifest(str(write_clips(sample_specs(max(args.clips, args.large), 0, HELD_OUT_MOTIONS), work / "clips")))
+    common = [f"pipeline.num_gangs={args.gangs}", "pipeline.start_timeout_s=600", f"model.base_model={args.base_model}"]
+    runs = [(steps, args.clips, scheduler) for steps in args.steps for scheduler in ("gangs", "per_clip")]
+    runs += [(args.large_steps, args.large, "gangs")] if args.large else []
+    rows = []
     ray.init(num_cpus=args.num_cpus, include_dashboard=False, namespace="mc-throughput")
     try:
-        cfg = load_config(None, common)
-        clips = ingest(manifest.rows, RunLayout(str(work / "out"), "ingest"), cfg).clips
-        rows = [timed_train(clips[: args.clips], str(work / "out"), f"{s}-{args.clips}", load_config(None, [*common, f"pipeline.scheduler={s}"]))
-                for s in ("gangs", "per_clip")]
-        if args.large:
-            rows.append(timed_train(clips[: args.large], str(work / "out"), f"gangs-{args.large}", cfg))
+        clips = ingest(manifest.rows, RunLayout(str(work / "out"), "ingest"), load_config(None, common)).clips
+        for steps, count, scheduler in runs:
+            cfg = load_config(None, [*common, f"tune.steps={steps}", f"pipeline.scheduler={scheduler}"])
+            rows.append({"steps": steps, **timed_train(clips[:count], str(work / "out"), f"{scheduler}-{count}-{steps}", cfg)})
+            print(row_text(rows[-1]), flush=True)
     finally:
         ray.shutdown()
 
-    speedup = rows[0]["clips_per_hour"] / rows[1]["clips_per_hour"]
+    speedups = [f"{steps} steps: **{gangs['clips_per_hour'] / per_clip['clips_per_hour']:.1f}x**"
+                for steps, gangs, per_clip in zip(args.steps, rows[0::2], rows[1::2])]
     lines = [
         "# Training throughput: gangs vs per_clip",
         "",
-        f"`python benchmarks/throughput.py --clips {args.clips} --large {args.large} --steps {args.steps} --gangs {args.gangs}`; "
-        f"base `{Path(args.base_model).name}`, tune.steps={args.steps}, {args.gangs} gangs x 1 worker, "
-        f"Ray with {args.num_cpus} logical CPUs on this machine; measured {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}.",
+        f"`python benchmarks/throughput.py --clips {args.clips} --steps {' '.join(map(str, args.steps))} --large {args.large} "
+        f"--large-steps {args.large_steps} --gangs {args.gangs}`; base `{Path(args.base_model).name}`, {args.gangs} gangs x 1 worker "
+        f"(per_clip: {args.gangs} runs side by side), Ray with {args.num_cpus} logical CPUs on this 2-core machine; "
+        f"measured {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}.",
         "",
-        "| scheduler | clips | trained | wall s | clips/hour | tune s | efficiency | start-up | gaps | tail |",
-        "|---|---|---|---|---|---|---|---|---|---|",
-        *[f"| {r['scheduler']} | {r['clips']} | {r['trained']} | {r['wall_s']:.0f} | {r['clips_per_hour']:.0f} | {r['tune_s']:.0f} | "
-          f"{r['efficiency']:.2f} | {r['startup_share']:.2f} | {r['gaps_share']:.2f} | {r['tail_share']:.2f} |" for r in rows],
+        "| tune.steps | scheduler | clips | trained | wall s | clips/hour | tune s | efficiency | start-up | gaps | tail |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
+        *[row_text(r) for r in rows],
         "",
-        f"gangs vs per_clip on {args.clips} clips: **{speedup:.1f}x** clips/hour (goal >= 3x).",
-        *([f"Orchestration efficiency of gangs on {args.large} clips: **{rows[2]['efficiency']:.2f}** (goal >= 0.9)."] if args.large else []),
+        f"gangs vs per_clip on {args.clips} clips, clips/hour (goal >= 3x): " + "; ".join(speedups) + ".",
+        *([f"Orchestration efficiency of gangs on {args.large} clips at {args.large_steps} steps: "
+           f"**{rows[-1]['efficiency']:.2f}** (goal >= 0.9)."] if args.large else []),
         "",
         "efficiency = time inside tune_clip / (wall x workers); the other columns split the rest of wall x workers:",
         "start-up = until a gang's first lease (Ray Train worker group start + loading the base),",
-        "gaps = between one clip's tuning and the next (lease, frame load, adapter commit, driver polling),",
+        "gaps = between one clip's tuning and the next (lease, frame load, adapter commit, driver polling;",
+        "for per_clip this is each clip's own worker-group start and base load),",
         "tail = gangs idle at the end while the last clips finish.",
     ]
     text = "\n".join(lines) + "\n"
     print(text)
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(text)
+
+
+def row_text(r: dict) -> str:
+    return (f"| {r['steps']} | {r['scheduler']} | {r['clips']} | {r['trained']} | {r['wall_s']:.0f} | {r['clips_per_hour']:.0f} | "
+            f"{r['tune_s']:.0f} | {r['efficiency']:.2f} | {r['startup_share']:.2f} | {r['gaps_share']:.2f} | {r['tail_share']:.2f} |")
 
 
 if __name__ == "__main__":

@@ -22,6 +22,7 @@ A saved LoRA adapter also loads into a stock diffusers UNet with peft alone:
 from __future__ import annotations
 
 import json
+import warnings
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -142,7 +143,10 @@ def inject_lora(unet: nn.Module, name: str, targets: list[str], rank: int, alpha
     if not targets:
         raise AdapterError(f"adapter {name!r}: no target layers")
     config = {"r": rank, "lora_alpha": alpha, "target_modules": sorted(targets), "init_lora_weights": True}
-    inject_adapter_in_model(LoraConfig(**config), unet, adapter_name=name)
+    with warnings.catch_warnings():
+        # several named adapters on one model is the point here (motion + spatial path, hot-swapping)
+        warnings.filterwarnings("ignore", message="Already found a `peft_config` attribute")
+        inject_adapter_in_model(LoraConfig(**config), unet, adapter_name=name)
     return config
 
 

@@ -40,7 +40,9 @@ class BaseModel:
 
     def to(self, device: str | torch.device, dtype: torch.dtype | None = None) -> "BaseModel":
         for module in (self.text_encoder, self.vae, self.unet):
-            module.to(device=device, dtype=dtype)
+            # a dtype only when it changes: diffusers warns on every cast, even to the dtype a model has
+            same = dtype is None or next(module.parameters()).dtype == dtype
+            module.to(device=device) if same else module.to(device=device, dtype=dtype)
         return self
 
     def tokenize(self, prompts: list[str]) -> torch.Tensor:
