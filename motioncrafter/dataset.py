@@ -18,7 +18,6 @@ dataset card `<out>/README.md` whose YAML front matter the Hugging Face Hub and
 from __future__ import annotations
 
 import argparse
-import io
 import json
 import logging
 import math
@@ -63,7 +62,6 @@ def export_dataset(run_uri: str, out_uri: str, embed_videos: bool = False, rows_
     is not a finished run, or when rows_per_shard < 1.
     """
     import pyarrow as pa
-    import pyarrow.parquet as pq
 
     if rows_per_shard < 1:
         raise ValueError(f"rows_per_shard must be >= 1, got {rows_per_shard}")
@@ -85,9 +83,7 @@ def export_dataset(run_uri: str, out_uri: str, embed_videos: bool = False, rows_
         if embed_videos:
             part = part.assign(video=[storage.read_bytes(uri) for uri in part["video_uri"]])
         table = pa.Table.from_pandas(part[schema.names], schema=schema, preserve_index=False)
-        sink = pa.BufferOutputStream()
-        pq.write_table(table, sink)
-        storage.write_bytes(storage.join(out_uri, "data", name), sink.getvalue().to_pybytes())
+        storage.write_parquet(table, storage.join(out_uri, "data", name))
     _remove_stale_shards(out_uri, set(names))
 
     counts = {"run_id": info.get("run_id", ""), "motions": int(frame["motion_id"].nunique()), "videos": total,
@@ -100,12 +96,6 @@ def export_dataset(run_uri: str, out_uri: str, embed_videos: bool = False, rows_
 
 def _not_finished(run_uri: str, why: str) -> ValueError:
     return ValueError(f"{storage.redact(run_uri)}: not a finished run ({why})")
-
-
-def _read_parquet(uri: str):
-    import pyarrow.parquet as pq
-
-    return pq.read_table(io.BytesIO(storage.read_bytes(uri))).to_pandas()
 
 
 def _read_run(run_uri: str) -> dict:
@@ -124,9 +114,9 @@ def _joined(run_uri: str):
     """The results joined with their motion's summary and adapter, and the metric column names."""
     import pandas as pd
 
-    results = _read_parquet(storage.join(run_uri, RESULTS))
-    summary = _read_parquet(storage.join(run_uri, SUMMARY))
-    adapters = _read_parquet(storage.join(run_uri, ADAPTERS))
+    results = storage.read_parquet(storage.join(run_uri, RESULTS)).to_pandas()
+    summary = storage.read_parquet(storage.join(run_uri, SUMMARY)).to_pandas()
+    adapters = storage.read_parquet(storage.join(run_uri, ADAPTERS)).to_pandas()
     metrics = [c for c in results.columns if c not in _RESULT_KEYS and pd.api.types.is_float_dtype(results[c])]
 
     motions = pd.DataFrame({

@@ -24,7 +24,6 @@ from pathlib import Path
 
 import pandas as pd
 import pyarrow as pa
-import pyarrow.parquet as pq
 
 from motioncrafter import storage
 from motioncrafter.adapters import META_NAME, WEIGHTS_NAME, AdapterError, load_adapter
@@ -43,16 +42,6 @@ README = "README.md"
 # ------------------------------------------------------------------------ reading
 
 
-def _read_parquet(uri: str) -> pd.DataFrame:
-    return pq.read_table(pa.BufferReader(storage.read_bytes(uri))).to_pandas()
-
-
-def _write_parquet(frame: pd.DataFrame, uri: str) -> None:
-    sink = pa.BufferOutputStream()
-    pq.write_table(pa.Table.from_pandas(frame, preserve_index=False), sink)
-    storage.write_bytes(uri, sink.getvalue().to_pybytes())
-
-
 def _is_index_file(uri: str) -> bool:
     return str(uri).rstrip("/").endswith(".parquet")
 
@@ -67,16 +56,16 @@ def _load_index(uri: str) -> pd.DataFrame:
     if _is_index_file(uri):
         if not storage.exists(uri):
             raise FileNotFoundError(f"{storage.redact(uri)}: no such library index")
-        return _read_parquet(uri)
+        return storage.read_parquet(uri).to_pandas()
     index_uri = storage.join(uri, INDEX_NAME)
     if not storage.exists(index_uri):
         raise FileNotFoundError(
             f"{storage.redact(uri)}: not a run folder with an adapter index (no {INDEX_NAME}) nor a library .parquet file"
         )
-    frame = _read_parquet(index_uri)
+    frame = storage.read_parquet(index_uri).to_pandas()
     summary_uri = storage.join(uri, SUMMARY_PATH)
     if "motion_id" in frame and storage.exists(summary_uri):
-        summary = _read_parquet(summary_uri)
+        summary = storage.read_parquet(summary_uri).to_pandas()
         if "motion_id" in summary:
             extra = [c for c in summary.columns if c not in frame.columns]
             if extra:
@@ -503,7 +492,7 @@ def merge_libraries(run_uris: list[str], out_uri: str, allow_mixed_bases: bool =
 
     front = [c for c in ("library_id", *KEY_COLUMNS, "source_run") if c in merged]
     merged = merged[front + [c for c in merged.columns if c not in front]]
-    _write_parquet(merged, out_uri)
+    storage.write_parquet(pa.Table.from_pandas(merged, preserve_index=False), out_uri)
     return merged
 
 

@@ -138,6 +138,24 @@ def write_bytes(uri: URI, data: bytes) -> None:
         tmp.unlink(missing_ok=True)
 
 
+def read_parquet(uri: URI):
+    """The Parquet file at `uri` as a pyarrow Table (read through `read_bytes`: retries, named errors)."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    return pq.read_table(pa.BufferReader(read_bytes(uri)))
+
+
+def write_parquet(table, uri: URI) -> None:
+    """A pyarrow Table as one Parquet file at `uri` (through `write_bytes`: atomic locally, retried)."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    sink = pa.BufferOutputStream()
+    pq.write_table(table, sink)
+    write_bytes(uri, sink.getvalue().to_pybytes())
+
+
 def open_file(uri: URI, mode: str = "rb") -> IO:
     """An open file object for `uri` (use it in a `with`); writing creates local parent folders."""
     fs, path = filesystem(uri)

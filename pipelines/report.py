@@ -20,7 +20,6 @@ from urllib.parse import quote
 
 import pandas as pd
 import pyarrow as pa
-import pyarrow.parquet as pq
 
 from motioncrafter import storage
 from motioncrafter.adapters import META_NAME, WEIGHTS_NAME
@@ -48,9 +47,7 @@ def write_table(rows: list[dict], uri: str, kind: str) -> None:
         table = pa.Table.from_pandas(frame, preserve_index=False)
     else:
         table = pa.schema(keys).empty_table()
-    sink = pa.BufferOutputStream()
-    pq.write_table(table, sink)
-    storage.write_bytes(uri, sink.getvalue().to_pybytes())
+    storage.write_parquet(table, uri)
 
 
 def adapter_index(layout: RunLayout, motions: dict[str, int]) -> list[dict]:
@@ -191,8 +188,8 @@ def _written_references(layout: RunLayout, motion_ids: set[str]) -> dict[str, st
 def read_tables(layout: RunLayout) -> tuple[list[dict], list[dict], list[Failure]]:
     """summary, results and failures as a run left them on storage."""
     def rows(name: str) -> list[dict]:
-        fs, path = storage.filesystem(layout.table(name))
-        return pq.read_table(path, filesystem=fs).to_pandas().to_dict("records") if fs.exists(path) else []
+        uri = layout.table(name)
+        return storage.read_parquet(uri).to_pandas().to_dict("records") if storage.exists(uri) else []
 
     return rows("summary"), rows("results"), [Failure(**{k: r[k] for k in KEY_COLUMNS["failures"]}) for r in rows("failures")]
 
