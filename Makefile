@@ -25,7 +25,7 @@ test: $(STAMP)
 	$(PY) -m pytest -q -p no:cacheprovider tests
 
 pretrain: $(STAMP)
-	$(PY) -m motioncrafter.toyworld.pretrain --threads 2 --unet-steps 2000 --eval-every 400 --eval-prompts 18 --warmup 100
+	$(PY) -m motioncrafter.toyworld.pretrain --threads 2 --unet-steps 3000 --eval-every 500 --eval-prompts 24 --warmup 100
 
 benchmark-base: $(STAMP)
 	$(PY) benchmarks/base_quality.py

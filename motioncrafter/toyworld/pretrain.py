@@ -7,9 +7,10 @@ only as good as its autoencoder):
 1. the `AutoencoderKL`, on frames, with the object's pixels weighted up so small
    objects keep their colour; gate: colour / shape / background accuracy of
    reconstructions;
-2. the `UNet3DConditionModel` and the `CLIPTextModel` together, on cached
-   latents of held-in motions only: v-prediction, min-SNR-5 weighting, warm-up +
-   cosine learning rate, EMA weights, 10% empty prompts for classifier-free
+2. the `UNet3DConditionModel` (the `CLIPTextModel` stays frozen at its seeded init), on cached
+   latents of held-in motions only: v-prediction with the plain (unweighted) v loss on
+   the base's noise-shifted schedule (see `TinyBaseConfig.snr_shift`), warm-up + cosine
+   learning rate, EMA weights, 10% empty prompts for classifier-free
    guidance. Every `--eval-every` steps the EMA model renders fixed prompts and
    colour / shape / direction accuracy is appended to `curve.jsonl`.
 
@@ -133,7 +134,9 @@ def encode_dataset(vae, world: WorldConfig, count: int, seed: int) -> tuple[torc
         frames = np.concatenate([render_clip(s, world).frames for s in specs[start : start + 8]])
         z = vae.encode(_frames_to_tensor(frames)).latent_dist.mean
         latents.append(z.reshape(-1, world.num_frames, *z.shape[1:]).permute(0, 2, 1, 3, 4))
-    return torch.cat(latents), [s.caption for s in specs]
+    # contiguous, as the cache reloads it: a run that resumes from the cache must see the same
+    # memory layout (and so the same float rounding in std() and the convolutions)
+    return torch.cat(latents).contiguous(), [s.caption for s in specs]
 
 
 # ---------------------------------------------------------------- stage 2: UNet
@@ -146,19 +149,21 @@ def lr_at(step: int, args) -> float:
     return args.lr * (0.05 + 0.95 * 0.5 * (1 + math.cos(math.pi * progress)))
 
 
-def diffusion_loss(base: BaseModel, x0: torch.Tensor, captions: list[str], gen: torch.Generator, snr_gamma: float):
-    """v-prediction loss with min-SNR-gamma weighting (Hang et al. 2023)."""
+def diffusion_loss(base: BaseModel, x0: torch.Tensor, captions: list[str], gen: torch.Generator):
+    """Plain v-prediction loss.
+
+    Not min-SNR weighting: in x0 terms it weights a step by its SNR when the SNR is small,
+    which starves exactly the noisy steps where the prompt decides where the object goes
+    (the first base, trained that way, ignored direction words: same loss with the right
+    and a wrong direction in the caption). The plain v loss weights them by 1 + SNR.
+    """
     sched = base.scheduler
     noise = torch.randn(x0.shape, generator=gen)
     t = torch.randint(0, sched.config.num_train_timesteps, (x0.shape[0],), generator=gen)
     xt = sched.add_noise(x0, noise, t)
     target = sched.get_velocity(x0, noise, t)
     pred = base.unet(xt, t, encoder_hidden_states=base.encode_prompts(captions)).sample
-    alpha_bar = sched.alphas_cumprod[t]
-    snr = alpha_bar / (1 - alpha_bar)
-    weight = torch.clamp(snr, max=snr_gamma) / (snr + 1)
-    per_sample = F.mse_loss(pred, target, reduction="none").mean(dim=(1, 2, 3, 4))
-    return (weight * per_sample).mean()
+    return F.mse_loss(pred, target)
 
 
 def eval_prompts(world: WorldConfig, count: int = 24) -> list:
@@ -181,9 +186,11 @@ def evaluate_base(base: BaseModel, world: WorldConfig, specs, seed: int = 0, ste
 
 
 def _trainable(base: BaseModel) -> list[tuple[str, torch.nn.Parameter]]:
-    return [(f"unet.{n}", p) for n, p in base.unet.named_parameters()] + [
-        (f"text_encoder.{n}", p) for n, p in base.text_encoder.named_parameters()
-    ]
+    """The UNet only. The text encoder stays frozen at its seeded random init, as real bases keep
+    their (pretrained) text encoder frozen: trained jointly, it collapsed the direction words (the
+    first base's "upward" and "downward" captions differed by 3% in embedding, "red" and "green" by
+    75%) before the UNet had learned to use them, and the base then ignored them."""
+    return [(f"unet.{n}", p) for n, p in base.unet.named_parameters()]
 
 
 def save_checkpoint(path: Path, step: int, base: BaseModel, opt, ema) -> None:
@@ -221,8 +228,13 @@ def train_unet(base: BaseModel, data: torch.Tensor, captions: list[str], args, w
     from diffusers.training_utils import EMAModel
 
     params = [p for _, p in _trainable(base)]
-    for module in (base.unet, base.text_encoder):
-        module.requires_grad_(True).train()
+    base.text_encoder.requires_grad_(False).eval()
+    base.unet.requires_grad_(True).train()
+    for module in base.unet.modules():
+        # UNet3D hard-codes dropout 0.1 in its temporal convolutions: noise on the very path that
+        # must learn where each frame is in time; a model this small needs no regularizer
+        if isinstance(module, torch.nn.Dropout):
+            module.p = 0.0
     opt = torch.optim.AdamW(params, lr=args.lr, weight_decay=0.01)
     ema = EMAModel(params, decay=args.ema_decay, use_ema_warmup=True, power=0.75)
     ckpt = work / "unet_ckpt.safetensors"
@@ -234,12 +246,15 @@ def train_unet(base: BaseModel, data: torch.Tensor, captions: list[str], args, w
     losses, t0 = [], time.time()
     for step in bar:
         gen = torch.Generator().manual_seed(int(_rng(args.seed, step, 2).integers(2**62)))
+        # anything that draws from torch's global RNG (dropout layers, even at p=0) is seeded
+        # per step too, or a resumed run would draw differently from an uninterrupted one
+        torch.manual_seed(int(_rng(args.seed, step, 3).integers(2**62)))
         idx = torch.randint(0, len(data), (args.batch,), generator=gen)
         drop = torch.rand(args.batch, generator=gen) < args.cond_dropout
         batch_captions = ["" if d else captions[i] for i, d in zip(idx.tolist(), drop.tolist())]
         for group in opt.param_groups:
             group["lr"] = lr_at(step, args)
-        loss = diffusion_loss(base, data[idx], batch_captions, gen, args.snr_gamma)
+        loss = diffusion_loss(base, data[idx], batch_captions, gen)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(params, 1.0)
@@ -256,15 +271,14 @@ def train_unet(base: BaseModel, data: torch.Tensor, captions: list[str], args, w
         if args.eval_prompts and (done % args.eval_every == 0 or done == args.unet_steps):
             ema.store(params)
             ema.copy_to(params)
-            base.unet.eval(), base.text_encoder.eval()
+            base.unet.eval()
             scores = evaluate_base(base, world, specs)
             ema.restore(params)
-            base.unet.train(), base.text_encoder.train()
+            base.unet.train()
             log({"stage": "unet", "step": done, "loss": float(np.mean(losses[-args.eval_every :])),
                  "minutes": (time.time() - t0) / 60, **scores})
     ema.copy_to(params)
-    for module in (base.unet, base.text_encoder):
-        module.requires_grad_(False).eval()
+    base.unet.requires_grad_(False).eval()
 
 
 # ------------------------------------------------------------------- the script
@@ -287,6 +301,7 @@ def parse_args(argv=None):
     p.add_argument("--out", default="motioncrafter/toyworld/base", help="diffusers folder to write")
     p.add_argument("--work", default=".pretrain", help="checkpoints, latents cache and logs")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--vae", default="", help="a trained AutoencoderKL folder to use instead of training stage 1")
     p.add_argument("--vae-steps", type=int, default=3000, help="at most; stops once the gate passes")
     p.add_argument("--vae-check-every", type=int, default=250)
     p.add_argument("--vae-batch", type=int, default=32, help="frames per VAE step")
@@ -300,7 +315,6 @@ def parse_args(argv=None):
     p.add_argument("--lr", type=float, default=1e-3)
     p.add_argument("--warmup", type=int, default=200)
     p.add_argument("--ema-decay", type=float, default=0.999)
-    p.add_argument("--snr-gamma", type=float, default=5.0)
     p.add_argument("--cond-dropout", type=float, default=0.1)
     p.add_argument("--eval-every", type=int, default=500)
     p.add_argument("--eval-prompts", type=int, default=24, help="prompts rendered per evaluation (0: no evaluation)")
@@ -332,9 +346,11 @@ def main(argv=None) -> None:
     parts = build_components(model_cfg, work / "tokenizer", seed=args.seed)
     t_start = time.time()
 
-    vae_dir = work / "vae"
+    vae_dir = Path(args.vae) if args.vae else work / "vae"
     if (vae_dir / "config.json").exists():
         parts["vae"] = AutoencoderKL.from_pretrained(vae_dir)
+    elif args.vae:
+        raise SystemExit(f"--vae {args.vae}: no AutoencoderKL there (config.json missing)")
     else:
         gate = train_vae(parts["vae"], args, world, log)
         if args.vae_gate and not _passes(gate, args.vae_gate):

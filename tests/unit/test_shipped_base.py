@@ -30,3 +30,17 @@ def test_loads_and_samples_in_stock_diffusers():
                num_frames=8, generator=torch.Generator().manual_seed(0), output_type="np")
     frames = np.asarray(out.frames)
     assert frames.shape[-4:] == (8, 32, 32, 3) and np.isfinite(frames).all()
+
+
+def test_direction_words_stay_apart_in_the_text_encoder():
+    """The first base trained its text encoder jointly and collapsed motion words (upward vs downward
+    captions 3% apart, red vs green 75%), so it could not follow them: the shipped one must keep them apart."""
+    base = load_base(BASE_DIR)
+
+    def apart(a: str, b: str) -> float:
+        e = base.encode_prompts([a, b])
+        return float((e[0] - e[1]).norm() / e[0].norm())
+
+    caption = "a red circle moves {} on a black background"
+    for one, other in [("upward", "downward"), ("left to right", "right to left"), ("diagonally up", "diagonally down")]:
+        assert apart(caption.format(one), caption.format(other)) > 0.1, (one, other)

@@ -4,6 +4,7 @@ import json
 
 import numpy as np
 import pytest
+import torch
 from safetensors.torch import load_file
 from transformers import CLIPTokenizer
 
@@ -72,6 +73,24 @@ def test_tokenizer_keeps_every_world_word_whole(tmp_path):
     assert len(ids) == 12
 
 
+def test_schedule_is_the_cosine_one_shifted_to_more_noise(tmp_path):
+    from diffusers import DDIMScheduler
+
+    def snr(betas):
+        alpha_bar = np.cumprod(1 - np.asarray(betas, dtype=np.float64))
+        return alpha_bar / (1 - alpha_bar)
+
+    plain, shifted = snr(model.shifted_cosine_betas(1000, 1.0)), snr(model.shifted_cosine_betas(1000, 64.0))
+    np.testing.assert_allclose(shifted[10:990] / plain[10:990], 1 / 64, rtol=1e-3)
+    assert np.all(np.diff(shifted) < 0)  # noise only grows with t
+    # the built scheduler carries it (as trained_betas, which stock diffusers reads back)
+    model.write_tokenizer(tmp_path)
+    sched = model.build_components(model.TinyBaseConfig(), tmp_path)["scheduler"]
+    reloaded = DDIMScheduler.from_config(sched.config)
+    np.testing.assert_allclose(reloaded.alphas_cumprod.numpy(), sched.alphas_cumprod.numpy())
+    assert sched.config.prediction_type == "v_prediction"
+
+
 def _pretrain(work, out, *extra):
     pretrain.main(["--work", str(work), "--out", str(out), "--vae-steps", "2", "--vae-gate", "0", "--clips", "8",
                    "--unet-steps", "4", "--batch", "2", "--ckpt-every", "2", "--eval-prompts", "0", "--threads", "1",
@@ -93,4 +112,7 @@ def test_pretraining_is_deterministic_and_resumes(tmp_path, capsys):
     assert not (tmp_path / "base_b").exists()
     _pretrain(tmp_path / "b", tmp_path / "base_b")
     assert "resuming UNet training at step 3" in capsys.readouterr().out
-    assert (tmp_path / "base_b" / "unet" / "diffusion_pytorch_model.safetensors").exists()
+    for part in ("unet/diffusion_pytorch_model.safetensors", "text_encoder/model.safetensors"):
+        a, b = load_file(str(tmp_path / "base_a" / part)), load_file(str(tmp_path / "base_b" / part))
+        assert all(torch.equal(a[k], b[k]) for k in a), f"{part}: resumed run differs from the uninterrupted one"
+
