@@ -132,6 +132,8 @@ def summarize(rows: list[dict]):
 
 
 def markdown(table, args, wall: float) -> str:
+    from motioncrafter.base import fingerprint_folder
+
     cols = list(table.columns)
     lines = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
     for row in table.itertuples(index=False):
@@ -143,6 +145,7 @@ def markdown(table, args, wall: float) -> str:
         f"{args.seeds} seeds; every mode tunes {args.steps} steps (seed 0, lambda_app {args.lambda_app}, lr {args.lr}, "
         f"rank {args.rank}), renders with "
         f"DDIM {args.render_steps} steps, guidance 4. Wall time {wall / 60:.1f} min on this machine.",
+        f"Base: fingerprint `{fingerprint_folder(args.base)}`.",
         f"Command: `python benchmarks/ablation.py --clips {args.clips} --prompts {args.prompts} --seeds {args.seeds} "
         f"--steps {args.steps} --lambda-app {args.lambda_app} --lr {args.lr} --rank {args.rank}`",
         "",
