@@ -134,8 +134,8 @@ def encode_dataset(vae, world: WorldConfig, count: int, seed: int) -> tuple[torc
         frames = np.concatenate([render_clip(s, world).frames for s in specs[start : start + 8]])
         z = vae.encode(_frames_to_tensor(frames)).latent_dist.mean
         latents.append(z.reshape(-1, world.num_frames, *z.shape[1:]).permute(0, 2, 1, 3, 4))
-    # contiguous, as the cache reloads it: a run that resumes from the cache must see the same
-    # memory layout (and so the same float rounding in std() and the convolutions)
+    # contiguous, the layout the cache reloads, so a fresh run and a run from the cache hand the
+    # same tensor to training (the resume mismatch itself was the global RNG, seeded per step below)
     return torch.cat(latents).contiguous(), [s.caption for s in specs]
 
 
