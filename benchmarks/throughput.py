@@ -26,10 +26,10 @@ from pathlib import Path
 import ray
 
 from motioncrafter.config import load_config
+from motioncrafter.runformat import RunLayout
 from motioncrafter.toyworld import BASE_DIR
 from motioncrafter.toyworld.world import HELD_OUT_MOTIONS, sample_specs, write_clips
 from pipelines.ingest import ingest
-from pipelines.layout import RunLayout
 from pipelines.manifest import load_manifest
 from pipelines.train import train
 

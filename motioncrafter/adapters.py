@@ -30,8 +30,9 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from motioncrafter.runformat import META_NAME, WEIGHTS_NAME
+
 FORMAT_VERSION = 1
-WEIGHTS_NAME, META_NAME = "adapter.safetensors", "adapter.json"
 
 
 class AdapterError(ValueError):

@@ -1,6 +1,6 @@
 """Export a finished MotionCrafter run as a Hugging Face-style Parquet dataset.
 
-A run folder (see `pipelines.report`) holds results/results.parquet (one row per
+A run folder (see `motioncrafter.runformat`) holds results/results.parquet (one row per
 generated video), summary/summary.parquet (one row per motion), adapters.parquet
 and run.json. `export_dataset` joins them into one table, one row per video:
 
@@ -24,35 +24,13 @@ import math
 import re
 
 from motioncrafter import storage
+from motioncrafter.runformat import VIDEO_METRICS, RunLayout
 
 log = logging.getLogger(__name__)
-
-RESULTS = "results/results.parquet"
-SUMMARY = "summary/summary.parquet"
-ADAPTERS = "adapters.parquet"
-RUN_JSON = "run.json"
 
 # Columns of results/results.parquet that are not metrics, whatever their type.
 _RESULT_KEYS = ("motion_id", "row", "k", "prompt", "seed", "video_uri", "gif_uri")
 _TEXT_COLUMNS = ("motion_id", "prompt", "reference_prompt", "video_uri", "gif_uri", "adapter_uri", "base_fingerprint", "mode")
-
-# One line per metric that `motioncrafter.evaluate.score_video` writes; others get a generic line.
-METRIC_MEANINGS = {
-    "flow_fidelity": "cosine, clipped to [0, 1], between the dense optical flow of the video and of the reference clip (1: same motion)",
-    "flow_fidelity_invariant": "the same on per-frame mean flow vectors, so insensitive to where things move, in [0, 1]",
-    "temporal_consistency": "1 - mean absolute difference between consecutive frames / 255, in [0, 1] (1: static video)",
-    "motion_fidelity": "MovingShapes ground truth: similarity in [0, 1] of the tracked object's displacement to the reference's",
-    "object_found": "MovingShapes ground truth: 1.0 when a single object was found in the video, else 0.0",
-    "colour_acc": "MovingShapes ground truth: 1.0 when the object has the colour the prompt asks for",
-    "shape_acc": "MovingShapes ground truth: 1.0 when the object has the shape the prompt asks for",
-    "background_acc": "MovingShapes ground truth: 1.0 when the background is the one the prompt asks for",
-    "appearance_acc": "MovingShapes ground truth: mean of colour_acc, shape_acc and background_acc",
-    "leakage": "MovingShapes ground truth: share of the attributes the prompt changes that still show the reference's value "
-               "(lower is better; null when the prompt changes none)",
-    "clip_text_alignment": "mean CLIP cosine between the frames and the prompt, in [-1, 1]",
-    "clip_frame_consistency": "mean CLIP cosine between consecutive frames, in [-1, 1]",
-}
-
 
 def export_dataset(run_uri: str, out_uri: str, embed_videos: bool = False, rows_per_shard: int = 1000) -> dict:
     """Write the videos of the finished run at `run_uri` as a Parquet dataset under `out_uri`.
@@ -100,10 +78,11 @@ def _not_finished(run_uri: str, why: str) -> ValueError:
 
 def _read_run(run_uri: str) -> dict:
     """run.json of a finished run; ValueError naming what is missing otherwise."""
-    for name in (RESULTS, SUMMARY, ADAPTERS, RUN_JSON):
-        if not storage.exists(storage.join(run_uri, name)):
-            raise _not_finished(run_uri, f"no {name}")
-    info = json.loads(storage.read_bytes(storage.join(run_uri, RUN_JSON)))
+    layout = RunLayout.of(run_uri)
+    for uri in (layout.table("results"), layout.table("summary"), layout.adapters_index, layout.run_json):
+        if not storage.exists(uri):
+            raise _not_finished(run_uri, f"no {uri[len(layout.root) + 1:]}")
+    info = json.loads(storage.read_bytes(layout.run_json))
     status = info.get("status")
     if status is not None and status != "completed":
         raise _not_finished(run_uri, f"run.json says status {status!r}; the run is going on or was interrupted")
@@ -114,10 +93,13 @@ def _joined(run_uri: str):
     """The results joined with their motion's summary and adapter, and the metric column names."""
     import pandas as pd
 
-    results = storage.read_parquet(storage.join(run_uri, RESULTS)).to_pandas()
-    summary = storage.read_parquet(storage.join(run_uri, SUMMARY)).to_pandas()
-    adapters = storage.read_parquet(storage.join(run_uri, ADAPTERS)).to_pandas()
-    metrics = [c for c in results.columns if c not in _RESULT_KEYS and pd.api.types.is_float_dtype(results[c])]
+    layout = RunLayout.of(run_uri)
+    results = storage.read_parquet(layout.table("results")).to_pandas()
+    summary = storage.read_parquet(layout.table("summary")).to_pandas()
+    adapters = storage.read_parquet(layout.adapters_index).to_pandas()
+    # the metrics this run computed: results hold every declared metric column, null where one does not apply
+    metrics = [c for c in results.columns
+               if c not in _RESULT_KEYS and pd.api.types.is_float_dtype(results[c]) and results[c].notna().any()]
 
     motions = pd.DataFrame({
         "motion_id": summary["motion_id"],
@@ -194,7 +176,7 @@ def dataset_card(info: dict, frame, counts: dict) -> str:
         "| `video` | the generated MP4 (H.264) as bytes |\n" if counts["embedded"] else ""
     )
     metric_lines = "".join(
-        f"| `{m}` | {METRIC_MEANINGS.get(m, 'per-video metric computed by the run (float)')} |\n" for m in counts["metrics"]
+        f"| `{m}` | {VIDEO_METRICS.get(m, 'per-video metric computed by the run (float)')} |\n" for m in counts["metrics"]
     ) or "| (none) | the run recorded no per-video metrics |\n"
     base_model = model.get("base_model") or "the shipped MovingShapes base"
     version_text = ", ".join(f"{k} {v}" for k, v in sorted(versions.items())) if isinstance(versions, dict) else str(versions)

@@ -26,12 +26,10 @@ import pandas as pd
 import pyarrow as pa
 
 from motioncrafter import storage
-from motioncrafter.adapters import META_NAME, WEIGHTS_NAME, AdapterError, load_adapter
+from motioncrafter.adapters import AdapterError, load_adapter
 from motioncrafter.config import ModelConfig
+from motioncrafter.runformat import COMMITTED, META_NAME, WEIGHTS_NAME, AdapterFolder, RunLayout
 
-COMMITTED = "_COMMITTED"  # the marker the train stage writes last (pipelines.layout.COMMITTED)
-INDEX_NAME = "adapters.parquet"
-SUMMARY_PATH = "summary/summary.parquet"
 KEY_COLUMNS = ["motion_id", "row", "adapter_uri"]
 
 PEFT_WEIGHTS, PEFT_CONFIG = "adapter_model.safetensors", "adapter_config.json"
@@ -57,13 +55,14 @@ def _load_index(uri: str) -> pd.DataFrame:
         if not storage.exists(uri):
             raise FileNotFoundError(f"{storage.redact(uri)}: no such library index")
         return storage.read_parquet(uri).to_pandas()
-    index_uri = storage.join(uri, INDEX_NAME)
+    layout = RunLayout.of(uri)
+    index_uri = layout.adapters_index
     if not storage.exists(index_uri):
         raise FileNotFoundError(
-            f"{storage.redact(uri)}: not a run folder with an adapter index (no {INDEX_NAME}) nor a library .parquet file"
+            f"{storage.redact(uri)}: not a run folder with an adapter index (no adapters.parquet) nor a library .parquet file"
         )
     frame = storage.read_parquet(index_uri).to_pandas()
-    summary_uri = storage.join(uri, SUMMARY_PATH)
+    summary_uri = layout.table("summary")
     if "motion_id" in frame and storage.exists(summary_uri):
         summary = storage.read_parquet(summary_uri).to_pandas()
         if "motion_id" in summary:
@@ -170,22 +169,22 @@ def show_adapter(adapter_uri: str) -> dict:
     `uri`, `files` (name -> size in bytes, None when missing) and `committed`
     (the `_COMMITTED` marker written by the train stage, or None)."""
     folder = _adapter_folder(adapter_uri)
-    meta_uri = storage.join(folder, META_NAME)
+    files = AdapterFolder(folder)
+    meta_uri = files.meta
     if not storage.exists(meta_uri):
         raise FileNotFoundError(f"{storage.redact(folder)}: no {META_NAME}; not a motion adapter folder")
     try:
         meta = json.loads(storage.read_bytes(meta_uri))
     except ValueError as err:
         raise AdapterError(f"{storage.redact(meta_uri)}: not valid JSON ({err})") from err
-    marker_uri = storage.join(folder, COMMITTED)
     marker = None
-    if storage.exists(marker_uri):
+    if storage.exists(files.marker):
         try:
-            marker = json.loads(storage.read_bytes(marker_uri))
+            marker = json.loads(storage.read_bytes(files.marker))
         except ValueError:
             marker = {"error": "the marker is not valid JSON"}
-    files = {name: _size(storage.join(folder, name)) for name in (WEIGHTS_NAME, META_NAME, COMMITTED)}
-    return {**meta, "uri": folder, "files": files, "committed": marker}
+    sizes = {WEIGHTS_NAME: _size(files.weights), META_NAME: _size(files.meta), COMMITTED: _size(files.marker)}
+    return {**meta, "uri": folder, "files": sizes, "committed": marker}
 
 
 # ------------------------------------------------------------------------ verify
@@ -231,7 +230,8 @@ def _verify_row(row: dict, expected_base: str | None) -> list[str]:
     problems: list[str] = []
     index_fp = row.get("base_fingerprint") if _present(row.get("base_fingerprint")) else None
 
-    weights_uri = storage.join(folder, WEIGHTS_NAME)
+    files = AdapterFolder(folder)
+    weights_uri = files.weights
     if not storage.exists(weights_uri):
         problems.append(f"{where}: {WEIGHTS_NAME} is missing")
     else:
@@ -254,7 +254,7 @@ def _verify_row(row: dict, expected_base: str | None) -> list[str]:
             if embedded_fp and index_fp and embedded_fp != index_fp:
                 problems.append(f"{where}: {WEIGHTS_NAME} was trained on base {embedded_fp}, the index says {index_fp}")
 
-    meta_uri = storage.join(folder, META_NAME)
+    meta_uri = files.meta
     meta_fp = None
     if not storage.exists(meta_uri):
         problems.append(f"{where}: {META_NAME} is missing")
@@ -268,7 +268,7 @@ def _verify_row(row: dict, expected_base: str | None) -> list[str]:
             if meta_fp != index_fp:
                 problems.append(f"{where}: {META_NAME} says base {meta_fp}, the index says {index_fp}")
 
-    marker_uri = storage.join(folder, COMMITTED)
+    marker_uri = files.marker
     if not storage.exists(marker_uri):
         problems.append(f"{where}: the {COMMITTED} marker is missing (the adapter was never committed)")
     else:

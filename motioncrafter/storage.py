@@ -156,6 +156,73 @@ def write_parquet(table, uri: URI) -> None:
     write_bytes(uri, sink.getvalue().to_pybytes())
 
 
+def find(uri: URI) -> dict[str, dict]:
+    """Every file under the folder `uri` with its info (size, ETag or mtime, ...), keyed by URI
+    (`uri` joined with the file's relative name), from one fresh recursive listing: on an object
+    store that is one request per 1,000 files, not one per file. A missing folder has no files."""
+    fs, path = filesystem(uri)
+    fs.invalidate_cache(path)  # the caller decides from this listing, so it must not be a cached one
+    try:
+        found = retry(partial(fs.find, path, detail=True), uri)
+    except FileNotFoundError:
+        return {}
+    base = path.rstrip("/") + "/"
+    return {join(uri, name[len(base):]): info for name, info in found.items() if name.startswith(base)}
+
+
+def stat_many(uris: list[str], list_from: int = 32, threads: int = 16) -> dict[str, dict]:
+    """Listing info (size, ETag or mtime, ...) of each of `uris` that is a file, by URI; a missing
+    one is left out. A folder holding at least `list_from` of them is listed once (one request per
+    1,000 files on an object store); the others get one HEAD each, side by side."""
+    from collections import defaultdict
+    from concurrent.futures import ThreadPoolExecutor
+
+    by_folder: dict[str, list[str]] = defaultdict(list)
+    for uri in uris:
+        by_folder[uri.rsplit("/", 1)[0]].append(uri)
+    found: dict[str, dict] = {}
+    single: list[str] = []
+    for folder, members in by_folder.items():
+        if len(members) < list_from:
+            single += members
+            continue
+        fs, path = filesystem(folder)
+        fs.invalidate_cache(path)
+        try:
+            entries = retry(partial(fs.ls, path, detail=True), folder)
+        except (FileNotFoundError, NotADirectoryError):
+            continue
+        listed = {join(folder, e["name"].rstrip("/").rsplit("/", 1)[-1]): e for e in entries if e.get("type") == "file"}
+        found |= {uri: listed[uri] for uri in members if uri in listed}
+
+    def info(uri: str) -> dict | None:
+        fs, path = filesystem(uri)
+        try:
+            got = retry(partial(fs.info, path), uri)
+        except (FileNotFoundError, NotADirectoryError):
+            return None
+        return got if got.get("type") == "file" else None
+
+    with ThreadPoolExecutor(max(1, min(threads, len(single)))) as pool:
+        found |= {uri: got for uri, got in zip(single, pool.map(info, single)) if got is not None}
+    return found
+
+
+def read_many(uris: list[str], threads: int = 16) -> dict[str, bytes]:
+    """The content of each file at `uris`, fetched side by side (small files on an object store cost
+    a round trip each, not their size); a missing file is left out."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    def read(uri: str) -> bytes | None:
+        try:
+            return read_bytes(uri)
+        except FileNotFoundError:
+            return None
+
+    with ThreadPoolExecutor(max(1, min(threads, len(uris)))) as pool:
+        return {uri: data for uri, data in zip(uris, pool.map(read, uris)) if data is not None}
+
+
 def open_file(uri: URI, mode: str = "rb") -> IO:
     """An open file object for `uri` (use it in a `with`); writing creates local parent folders."""
     fs, path = filesystem(uri)
@@ -178,7 +245,7 @@ def local_copy(uri: URI, cache_dir: URI) -> Path:
     if isinstance(fs, LocalFileSystem):
         return Path(path)
     files = _listing(fs, path, uri)
-    listing = [(name, info.get("size"), _version(info)) for name, _, info in files]
+    listing = [(name, info.get("size"), version(info)) for name, _, info in files]
     fingerprint = json.dumps([fs.unstrip_protocol(path), listing])  # canonical: "s3://b/m/" and "s3://b/m" are one folder
     target = Path(cache_dir) / hashlib.sha256(fingerprint.encode()).hexdigest()[:16]
     if not target.is_dir():
@@ -200,7 +267,7 @@ def _listing(fs: AbstractFileSystem, path: str, uri: URI) -> list[tuple[str, str
     return files
 
 
-def _version(info: dict) -> str:
+def version(info: dict) -> str:
     """What changes when a remote file's content changes, whichever store it is on."""
     for key in ("ETag", "etag", "mtime", "LastModified", "last_modified", "updated", "created"):
         if info.get(key):

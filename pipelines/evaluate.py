@@ -19,8 +19,9 @@ from tqdm.auto import tqdm
 from motioncrafter.config import Config
 from motioncrafter.evaluate import score_video, summarize
 from motioncrafter.metrics import ClipScorer
+from motioncrafter.runformat import Failure
 from pipelines.ingest import load_frames
-from pipelines.manifest import Failure, ManifestRow
+from pipelines.manifest import ManifestRow
 from pipelines.render import STAGE as RENDER
 
 STAGE = "evaluate"

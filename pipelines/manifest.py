@@ -28,6 +28,7 @@ import pyarrow.parquet as pq
 
 from motioncrafter import storage
 from motioncrafter.config import Config, ConfigError, from_dict
+from motioncrafter.runformat import Failure
 
 ID_PATTERN = re.compile(r"[A-Za-z0-9_.-]{1,128}")
 REQUIRED = ("motion_id", "video_uri", "prompt")
@@ -40,16 +41,6 @@ CARRIED = ("toyworld",)
 
 class ManifestError(ValueError):
     """The manifest as a whole cannot be read; the message names the file and line."""
-
-
-@dataclass
-class Failure:
-    """One manifest row that did not make it, and why. `row` is the 0-based manifest row."""
-
-    motion_id: str
-    row: int
-    stage: str
-    reason: str
 
 
 @dataclass

@@ -21,10 +21,10 @@ from motioncrafter.adapters import attach, detach, load_adapter
 from motioncrafter.base import open_base
 from motioncrafter.config import Config
 from motioncrafter.render import render_grid
+from motioncrafter.runformat import Failure, RunLayout
 from motioncrafter.video import VideoError, frame_grid, read_video, write_gif, write_mp4, write_png
-from pipelines.ingest import Clip
-from pipelines.layout import RunLayout
-from pipelines.manifest import Failure, ManifestRow
+from pipelines.ingest import Clip, load_frames
+from pipelines.manifest import ManifestRow
 
 STAGE = "render"
 SLOT = "motion"  # the adapter name every motion is attached under: a hot swap, not a reload
@@ -42,7 +42,7 @@ class Renderer:
         for row_json, frames_uri, adapter_uri in zip(batch["row_json"], batch["frames_uri"], batch["adapter_uri"]):
             started = time.time()
             try:
-                videos, pairs, uris = self._render_motion(ManifestRow(**json.loads(row_json)), adapter_uri)
+                videos, pairs, uris = self._render_motion(ManifestRow(**json.loads(row_json)), adapter_uri, frames_uri)
                 fields = {"videos": videos.tobytes(), "shape": list(videos.shape), "pairs_json": json.dumps(pairs),
                           "uris_json": json.dumps(uris), "error": ""}
             except Exception as err:  # this motion's failure, not the dataset's
@@ -52,7 +52,7 @@ class Renderer:
                 out[key].append(value)
         return out
 
-    def _render_motion(self, row: ManifestRow, adapter_uri: str) -> tuple[np.ndarray, list, list]:
+    def _render_motion(self, row: ManifestRow, adapter_uri: str, frames_uri: str) -> tuple[np.ndarray, list, list]:
         cfg = row.config(self.cfg)
         adapter = load_adapter(adapter_uri)
         if self.attached_kind not in (None, adapter.kind):  # LoRA and full adapters do not swap into each other
@@ -66,6 +66,7 @@ class Renderer:
             write_mp4(video, mp4, fps=cfg.video.fps)
             write_gif(video, gif, fps=cfg.video.fps)
         write_png(frame_grid(list(videos)), self.layout.grid(row.motion_id))
+        write_gif(load_frames(frames_uri), self.layout.reference_gif(row.motion_id), fps=cfg.video.fps)  # for the report
         return videos, [list(p) for p in pairs], uris
 
 

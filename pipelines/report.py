@@ -1,91 +1,57 @@
 """Report: the run's Parquet tables, the adapter library index and a static HTML page.
 
-Tables (DESIGN.md section 5), each one Parquet file in its folder:
+Tables (their columns and types: `motioncrafter.runformat.TABLES`), each one Parquet file:
   results/results.parquet    one row per rendered video: motion_id, row, prompt, seed, video_uri, metrics
   summary/summary.parquet    one row per motion: motion_id, row, adapter_uri, per-motion metrics, timings
   failures/failures.parquet  one row per failed manifest row: motion_id, row, stage, reason
   adapters.parquet           the committed adapters, read back from their markers and metadata
-Empty tables keep their key columns, so readers never meet a schema-less file.
+Every table is written in its declared schema, empty or not.
 """
 
 from __future__ import annotations
 
 import html
 import json
-import logging
 import math
 import os
-from dataclasses import asdict
 from urllib.parse import quote
 
-import pandas as pd
-import pyarrow as pa
 
 from motioncrafter import storage
-from motioncrafter.adapters import META_NAME, WEIGHTS_NAME
-from pipelines.layout import RunLayout
-from pipelines.manifest import Failure
-
-log = logging.getLogger(__name__)
-
-KEY_COLUMNS = {
-    "results": {"motion_id": pa.string(), "row": pa.int64(), "k": pa.int64(), "prompt": pa.string(), "seed": pa.int64(),
-                "video_uri": pa.string(), "gif_uri": pa.string()},
-    "summary": {"motion_id": pa.string(), "row": pa.int64(), "prompt": pa.string(), "adapter_uri": pa.string(),
-                "grid_uri": pa.string()},
-    "failures": {"motion_id": pa.string(), "row": pa.int64(), "stage": pa.string(), "reason": pa.string()},
-    "adapters": {"motion_id": pa.string(), "row": pa.int64(), "adapter_uri": pa.string()},
-}
-
-
-def write_table(rows: list[dict], uri: str, kind: str) -> None:
-    """Rows (dicts, possibly with different metric keys) as one Parquet file; missing values are null."""
-    keys = KEY_COLUMNS[kind]
-    if rows:
-        frame = pd.DataFrame(rows).sort_values(["row"] + (["k"] if kind == "results" else []), kind="stable")
-        frame = frame[[c for c in keys if c in frame] + [c for c in frame if c not in keys]]  # key columns first
-        table = pa.Table.from_pandas(frame, preserve_index=False)
-    else:
-        table = pa.schema(keys).empty_table()
-    storage.write_parquet(table, uri)
-
+from motioncrafter.runformat import WEIGHTS_NAME, AdapterMeta, CommitMarker, Failure, RunLayout, committed_adapters, read_table
 
 def adapter_index(layout: RunLayout, motions: dict[str, int]) -> list[dict]:
     """One row per committed adapter of `motions` (motion_id -> manifest row): marker + metadata.
 
-    Built from what is on storage, not from what the train stage reported: an
-    adapter is in the library exactly when its `_COMMITTED` marker exists.
+    Built from what is on storage, not from what the train stage reported: an adapter
+    is in the library exactly when its `_COMMITTED` marker exists. One listing of
+    adapters/ finds them (and their sizes); markers and metadata are read side by side.
     """
+    committed = {m: files for m, files in committed_adapters(layout).items() if m in motions}
+    files = {m: layout.adapter_files(m) for m in committed}
+    texts = storage.read_many([uri for f in files.values() for uri in (f.marker, f.meta)])
     rows = []
-    for motion_id, row in motions.items():
-        marker_uri = layout.committed(motion_id)
-        if not storage.exists(marker_uri):
-            continue
-        marker = json.loads(storage.read_bytes(marker_uri))
-        uri = layout.adapter(motion_id)
-        meta = json.loads(storage.read_bytes(storage.join(uri, META_NAME)))
-        fs, path = storage.filesystem(storage.join(uri, WEIGHTS_NAME))
+    for motion_id, folder in files.items():
+        marker = CommitMarker.from_json(texts[folder.marker])
+        meta = AdapterMeta.from_json(texts[folder.meta])
         rows.append({
-            "motion_id": motion_id, "row": row, "adapter_uri": uri,
-            "prompt": meta.get("reference", {}).get("prompt"), "subject": meta.get("reference", {}).get("subject"),
-            "clip_sha256": marker.get("clip_sha256"), "kind": meta.get("kind"), "mode": meta.get("mode"),
-            "rank": meta.get("rank"), "family": meta.get("family"), "base_fingerprint": meta.get("base_fingerprint"),
-            "format_version": meta.get("format_version"), "bytes": fs.size(path),
-            "train_seconds": marker.get("train_seconds"), "committed_at": marker.get("committed_at"),
-            "committed_by_run": marker.get("run_id"),
+            "motion_id": motion_id, "row": motions[motion_id], "adapter_uri": folder.uri,
+            "prompt": meta.reference.prompt, "subject": meta.reference.subject, "clip_sha256": marker.clip_sha256,
+            "kind": meta.kind, "mode": meta.mode, "rank": meta.rank, "family": meta.family,
+            "base_fingerprint": meta.base_fingerprint, "format_version": meta.format_version,
+            "bytes": committed[motion_id].get(WEIGHTS_NAME, {}).get("size"),
+            "train_seconds": marker.train_seconds, "committed_at": marker.committed_at, "committed_by_run": marker.run_id,
         })
     return rows
 
 
-def write_html(layout: RunLayout, info: dict, summary: list[dict], results: list[dict], failures: list[Failure],
-               references: dict[str, str] | None = None) -> None:
+def write_html(layout: RunLayout, info: dict, summary: list[dict], results: list[dict], failures: list[Failure]) -> None:
     """The run's static page, `<run>/report.html`: a header (status, counts, stage timings, key
     config), one card per motion (its reference clip, its generated GIFs, its metrics), a sortable
     motions x metrics table, the per-video table and the failures.
 
-    `references` (motion_id -> cached reference frames URI) are written next to the motion's
-    videos as `videos/<motion_id>/reference.gif`; None links the ones an earlier report wrote. Every user string is escaped and every link is
-    relative to the run's folder, so the page works from a local folder and from object storage
+    A motion's reference clip is the `videos/<motion_id>/reference.gif` its render wrote. Every
+    user string is escaped and every link is relative to the run's folder, so the page works from a local folder and from object storage
     alike; it loads nothing from outside (inline CSS and script). Once every image has loaded the
     script sets `data-images-ok="yes"` on <body> ("no" if one fails).
     """
@@ -95,7 +61,7 @@ def write_html(layout: RunLayout, info: dict, summary: list[dict], results: list
     for r in sorted(results, key=lambda r: (r.get("row", 0), r.get("k", 0))):
         gifs.setdefault(str(r.get("motion_id", "")), []).append(r)
     card_ids = {str(r["motion_id"]) for r in summary}
-    ref_links = _write_references(layout, references, card_ids) if references is not None else _written_references(layout, card_ids)
+    ref_links = _written_references(layout, card_ids)
 
     cards = "".join(_motion_card(layout, r, gifs.get(str(r["motion_id"]), []), ref_links.get(str(r["motion_id"])), metrics)
                     for r in sorted(summary, key=lambda r: r.get("row", 0)))
@@ -116,7 +82,7 @@ def write_html(layout: RunLayout, info: dict, summary: list[dict], results: list
 <section><h2>Videos <span class="n">{len(results)}</span></h2>
 {_sortable_table(video_rows, ["motion_id", "k", "prompt", "seed", *video_metrics, "gif"], "videos")}</section>
 <section><h2>Failures <span class="n{' bad' if failures else ''}">{len(failures)}</span></h2>
-{_sortable_table([asdict(f) for f in failures], ["motion_id", "row", "stage", "reason"], "failures")}</section>
+{_sortable_table([f.to_row() for f in failures], ["motion_id", "row", "stage", "reason"], "failures")}</section>
 </main>
 <script>{_SCRIPT}</script>
 </body></html>
@@ -129,7 +95,9 @@ def _e(value) -> str:
 
 
 def _is_metric(key: str, value) -> bool:
-    return isinstance(value, float) and not key.endswith("_seconds") and not isinstance(value, bool)
+    """A metric value: a float that is not a timing; NaN is a metric that does not apply (read-back tables hold every
+    declared metric column)."""
+    return isinstance(value, float) and not math.isnan(value) and not key.endswith("_seconds")
 
 
 def _video_metrics(result: dict) -> dict:
@@ -157,41 +125,16 @@ def _rel(layout: RunLayout, uri) -> str | None:
     return "/".join(quote(p, safe="") for p in parts)
 
 
-def _write_references(layout: RunLayout, references: dict[str, str], motion_ids: set[str]) -> dict[str, str]:
-    """Each card motion's reference frames as videos/<motion_id>/reference.gif; motion_id -> link.
-    A reference that cannot be read is left out (and logged): the page never fails the run."""
-    if not references:
-        return {}
-    from motioncrafter.video import write_gif
-    from pipelines.ingest import load_frames
-
-    links = {}
-    for motion_id, frames_uri in references.items():
-        if motion_id not in motion_ids:
-            continue
-        uri = storage.join(layout.root, "videos", motion_id, "reference.gif")
-        try:
-            write_gif(load_frames(frames_uri), uri, fps=8)
-        except Exception as err:  # noqa: BLE001 - a missing reference only loses a picture
-            log.warning("report: no reference GIF for %s: %s", motion_id, err)
-            continue
-        if (link := _rel(layout, uri)) is not None:
-            links[motion_id] = link
-    return links
-
-
 def _written_references(layout: RunLayout, motion_ids: set[str]) -> dict[str, str]:
-    uris = {m: storage.join(layout.root, "videos", m, "reference.gif") for m in motion_ids}
-    return {m: link for m, uri in uris.items() if storage.exists(uri) and (link := _rel(layout, uri)) is not None}
+    """motion_id -> link of the reference GIFs the render stage wrote, from one listing of videos/."""
+    found = storage.find(storage.join(layout.root, "videos"))
+    uris = {m: layout.reference_gif(m) for m in motion_ids}
+    return {m: link for m, uri in uris.items() if uri in found and (link := _rel(layout, uri)) is not None}
 
 
 def read_tables(layout: RunLayout) -> tuple[list[dict], list[dict], list[Failure]]:
     """summary, results and failures as a run left them on storage."""
-    def rows(name: str) -> list[dict]:
-        uri = layout.table(name)
-        return storage.read_parquet(uri).to_pandas().to_dict("records") if storage.exists(uri) else []
-
-    return rows("summary"), rows("results"), [Failure(**{k: r[k] for k in KEY_COLUMNS["failures"]}) for r in rows("failures")]
+    return read_table(layout, "summary"), read_table(layout, "results"), [Failure.from_row(r) for r in read_table(layout, "failures")]
 
 
 def _fmt(value) -> str:

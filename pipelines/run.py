@@ -18,24 +18,29 @@ import logging
 import os
 import sys
 import time
-from dataclasses import asdict, replace
+from dataclasses import replace
 from importlib import metadata
 
 import ray
 
 from motioncrafter import storage
 from motioncrafter.config import Config, ConfigError, PipelineConfig, load_config
+from motioncrafter.runformat import Failure, RunLayout, write_table
 from motioncrafter.toyworld import BASE_DIR
 from pipelines import report
 from pipelines.evaluate import EvaluateResult, evaluate
 from pipelines.ingest import ingest
-from pipelines.layout import RunLayout, absolute_uri
-from pipelines.manifest import Failure, ManifestError, load_manifest
+from pipelines.manifest import ManifestError, load_manifest
 from pipelines.render import render_motions, stored_renders, write_renders
 from pipelines.train import committed_only, train
 
 log = logging.getLogger("motioncrafter.run")
 PACKAGES = ("motioncrafter", "torch", "diffusers", "transformers", "peft", "ray", "deepspeed", "pyarrow", "fsspec", "s3fs")
+
+
+def absolute_uri(uri: str) -> str:
+    """Local paths become absolute: Ray workers do not share the driver's working directory."""
+    return uri if "://" in uri else os.path.abspath(os.path.expanduser(uri))
 
 
 def _versions() -> dict[str, str | None]:
@@ -144,16 +149,16 @@ def run_pipeline(manifest_uri: str, output_uri: str, config: Config | None = Non
     failures.sort(key=lambda f: f.row)
 
     adapters = report.adapter_index(layout, {c.row.motion_id: c.row.row for c in ing.clips})
-    report.write_table(adapters, layout.adapters_index, "adapters")
-    report.write_table([asdict(f) for f in failures], layout.table("failures"), "failures")
+    write_table(layout, "adapters", adapters)
+    write_table(layout, "failures", [f.to_row() for f in failures])
     if scored:
-        report.write_table(ev.results, layout.table("results"), "results")
-        report.write_table(summary, layout.table("summary"), "summary")
+        write_table(layout, "results", ev.results)
+        write_table(layout, "summary", summary)
 
     info |= {
         "status": "completed", "finished_at": time.time(), "seconds": round(time.time() - started, 3),
         "stages": {
-            "ingest": {"seconds": round(ing.seconds, 3), "clips": len(ing.clips), "decoded": ing.decoded,
+            "ingest": {"seconds": round(ing.seconds, 3), "clips": len(ing.clips), "indexed": ing.indexed, "decoded": ing.decoded,
                        "encoded": ing.encoded, "failed": len(ing.failures)},
             "train": {"seconds": round(tr.seconds, 3), "tune_seconds": round(tr.tune_seconds, 3), "scheduler": cfg.pipeline.scheduler,
                       "trained": sum(a["trained"] for a in tr.adapters.values()), "resumed": tr.resumed,
@@ -164,7 +169,7 @@ def run_pipeline(manifest_uri: str, output_uri: str, config: Config | None = Non
         "counts": {"rows": manifest.total, "summary": len(summary), "failures": len(failures), "adapters": len(adapters)},
     }
     if scored:
-        report.write_html(layout, info, summary, ev.results, failures, references={c.row.motion_id: c.frames_uri for c in ing.clips})
+        report.write_html(layout, info, summary, ev.results, failures)
     storage.write_bytes(layout.run_json, _json(info))
     return info
 

@@ -23,7 +23,6 @@ stopping after one clip): simpler, and the baseline the gangs are measured again
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import tempfile
@@ -32,7 +31,7 @@ import time
 from collections import Counter, deque
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import nullcontext
-from dataclasses import dataclass, field, replace
+from dataclasses import asdict, dataclass, field, replace
 
 import ray
 import torch
@@ -45,10 +44,10 @@ from motioncrafter import storage
 from motioncrafter.adapters import save_adapter
 from motioncrafter.base import open_base
 from motioncrafter.config import Config
+from motioncrafter.runformat import AdapterProvenance, CommitMarker, Failure, RunLayout, committed_adapters
 from motioncrafter.trainer import tune_clip
 from pipelines.ingest import Clip, load_array, load_frames
-from pipelines.layout import RunLayout
-from pipelines.manifest import Failure, ManifestRow
+from pipelines.manifest import ManifestRow
 
 STAGE = "train"
 log = logging.getLogger(__name__)
@@ -267,14 +266,14 @@ def _commit(result, msg: dict, gang: str) -> bool:
     item = msg["item"]
     if storage.exists(item["committed_uri"]):
         return False
-    result.adapter.meta["pipeline"] = {"motion_id": item["motion_id"], "row": item["row"]["row"], "run_id": item["run_id"]}
+    result.adapter.meta["pipeline"] = asdict(AdapterProvenance(item["motion_id"], item["row"]["row"], item["run_id"]))
     save_adapter(result.adapter, item["adapter_uri"])
-    marker = {"motion_id": item["motion_id"], "clip_sha256": item["clip_sha256"], "run_id": item["run_id"], "gang": gang,
-              "attempt": msg["attempt"], "train_seconds": round(result.seconds, 3), "committed_at": time.time()}
+    marker = CommitMarker(item["motion_id"], item["clip_sha256"], item["run_id"], gang, msg["attempt"],
+                          round(result.seconds, 3), time.time())
     fs, path = storage.filesystem(item["committed_uri"])
     try:
         # create, never overwrite (an S3 conditional PUT, O_EXCL locally): one marker per clip whatever races
-        storage.retry(lambda: fs.pipe_file(path, json.dumps(marker).encode(), mode="create"), item["committed_uri"])
+        storage.retry(lambda: fs.pipe_file(path, marker.to_json(), mode="create"), item["committed_uri"])
     except FileExistsError:
         return False
     return True
@@ -330,11 +329,12 @@ def _drive(index: int, cfg: Config, queue, run_id: str) -> str | None:
 
 
 def _committed(clips: list[Clip], layout: RunLayout) -> tuple[dict[str, dict], list[Clip]]:
-    """The clips whose adapter an earlier run of this run id committed, and the others."""
+    """The clips whose adapter an earlier run of this run id committed (one listing of adapters/), and the others."""
+    committed = committed_adapters(layout)
     adapters, todo = {}, []
     for clip in clips:
         motion_id = clip.row.motion_id
-        if storage.exists(layout.committed(motion_id)):
+        if motion_id in committed:
             adapters[motion_id] = {"motion_id": motion_id, "row": clip.row.row, "trained": False,
                                    "adapter_uri": layout.adapter(motion_id), "seconds": 0.0, "attempts": 0}
         else:

@@ -100,8 +100,8 @@ def test_the_commit_marker_is_created_once_and_a_late_commit_leaves_the_first_un
     import torch
 
     from motioncrafter.adapters import Adapter
+    from motioncrafter.runformat import RunLayout
     from motioncrafter.trainer import TuneResult
-    from pipelines.layout import RunLayout
     from pipelines.train import _commit
 
     layout = RunLayout(str(tmp_path), "run")

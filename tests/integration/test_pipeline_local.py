@@ -19,8 +19,8 @@ import pandas as pd
 import pytest
 import ray
 
+from motioncrafter.runformat import RunLayout
 from pipelines.ingest import ingest
-from pipelines.layout import RunLayout
 from pipelines.manifest import load_manifest
 from pipelines.run import main, run_pipeline
 from pipelines.train import train
@@ -46,7 +46,7 @@ BAD_ROWS = [
     ("train", {"motion_id": "too_short", "video_uri": "clips/GOOD0", "prompt": GOOD_PROMPT, "start_sec": 0,
                "overrides": {"tune.num_frames": 16}}),
 ]
-LAYOUT = {"run.json", "adapters", "adapters.parquet", "videos", "grids", "results", "summary", "failures", "report.html"}
+LAYOUT = {"run.json", "ingest.parquet", "adapters", "adapters.parquet", "videos", "grids", "results", "summary", "failures", "report.html"}
 
 
 def sets(overrides: list[str]) -> list[str]:
@@ -93,7 +93,7 @@ def test_every_manifest_row_is_in_summary_or_failures_exactly_once(mixed) -> Non
     assert sorted(r for (r,) in seen) == list(range(len(rows) + len(BAD_ROWS)))
 
     failures = pd.read_parquet(f"{root}/failures")
-    assert list(failures.columns) == ["motion_id", "row", "stage", "reason"]
+    assert list(failures.columns) == ["run_id", "motion_id", "row", "stage", "reason"] and set(failures.run_id) == {"mixed"}
     expected = {len(rows) + i: (stage, bad.get("motion_id", "")) for i, (stage, bad) in enumerate(BAD_ROWS)}
     assert {r.row: (r.stage, r.motion_id) for r in failures.itertuples()} == expected
     reasons = dict(zip(failures.motion_id, failures.reason))
@@ -135,6 +135,7 @@ def test_rerun_with_the_same_run_id_resumes(mixed, debug_base_dir) -> None:
     info = run_pipeline(str(folder / "manifest.jsonl"), str(folder / "out"), tiny_config(), "mixed", debug_base_dir)
     ingest, train = info["stages"]["ingest"], info["stages"]["train"]
     assert ingest["decoded"] == 0 and ingest["encoded"] == 0  # every clip came from the cache
+    assert ingest["indexed"] == 4  # ... found by the ingest index, without reading a video (too_short ingests too)
     assert train["trained"] == 0 and train["resumed"] == 3
     assert {m: Path(layout.committed(m)).read_text() for m in markers} == markers  # commits untouched
     assert info["counts"]["summary"] == 3 and info["resumed"]
@@ -161,11 +162,37 @@ def test_killed_driver_resumes_without_redoing_finished_clips(local_ray, debug_b
     assert 1 <= len(first) < 4, "kill came too late to test a resume"
 
     info = run_pipeline(str(manifest), str(out), tiny_config("tune.steps=8"), "killed", debug_base_dir)
-    assert info["stages"]["ingest"]["decoded"] == 0  # ingest had finished before the kill
+    assert info["stages"]["ingest"]["decoded"] == 0 and info["stages"]["ingest"]["indexed"] == 4  # ingest had finished
     assert info["stages"]["train"]["resumed"] == len(first)
     assert info["stages"]["train"]["trained"] == 4 - len(first)
     assert {m: Path(layout.committed(m)).read_text() for m in first} == first
     assert info["counts"]["summary"] == 4
+
+
+def test_the_ingest_index_rereads_a_changed_source_and_not_an_unchanged_one(local_ray, debug_base_dir, tmp_path) -> None:
+    from motioncrafter.toyworld.world import ClipSpec, render
+    from motioncrafter.video import write_mp4
+
+    manifest = write_manifest(tmp_path, 2, seed=3)
+    rows = load_manifest(str(manifest)).rows
+    cfg = tiny_config(f"model.base_model={debug_base_dir}")
+    layout = RunLayout(str(tmp_path / "out"), "indexed")
+    first = {c.row.motion_id: c for c in ingest(rows, layout, cfg).clips}
+    changed, unchanged = Path(rows[0].video_uri), Path(rows[1].video_uri)
+    write_mp4(render(ClipSpec("cyan", "triangle", "white", "spiral")).frames, str(changed), fps=8)  # a new clip there
+    # Garbage with the same size and mtime: a metadata-only check cannot tell, so reading it would fail the row.
+    stat = unchanged.stat()
+    unchanged.write_bytes(b"\x00" * stat.st_size)
+    os.utime(unchanged, ns=(stat.st_atime_ns, stat.st_mtime_ns))
+
+    again = ingest(rows, layout, cfg)
+    second = {c.row.motion_id: c for c in again.clips}
+    assert again.failures == [] and again.indexed == 1 and again.decoded == 1 and again.encoded == 1
+    same = lambda c: (c.frames_uri, c.latents_uri, c.clip_sha256)  # noqa: E731
+    assert same(second[rows[1].motion_id]) == same(first[rows[1].motion_id])  # not read: the same cache files
+    assert second[rows[0].motion_id].frames_uri != first[rows[0].motion_id].frames_uri  # re-read and decoded anew
+    index = pd.read_parquet(layout.table("ingest")).set_index("motion_id")
+    assert index.loc[rows[0].motion_id, "size"] == changed.stat().st_size and set(index.run_id) == {"indexed"}
 
 
 def test_per_clip_scheduler(local_ray, debug_base_dir, tmp_path) -> None:

@@ -13,7 +13,7 @@ import pytest
 import ray
 
 from pipeline_support import tiny_config, write_manifest
-from pipelines.layout import RunLayout
+from motioncrafter.runformat import RunLayout
 from pipelines.run import run_pipeline
 from pipelines.train import queue_name
 

@@ -13,11 +13,11 @@ import ray
 
 from motioncrafter import storage
 from pipeline_support import start_ray, tiny_config, write_manifest
-from pipelines.layout import RunLayout
+from motioncrafter.runformat import RunLayout
 from pipelines.run import run_pipeline
 
 pytestmark = pytest.mark.slow
-LAYOUT = {"run.json", "adapters", "adapters.parquet", "videos", "grids", "results", "summary", "failures", "report.html"}
+LAYOUT = {"run.json", "ingest.parquet", "adapters", "adapters.parquet", "videos", "grids", "results", "summary", "failures", "report.html"}
 
 
 @pytest.fixture(scope="module")
@@ -63,3 +63,8 @@ def test_end_to_end_on_object_storage(s3_ray, s3_bucket, debug_base_dir, tmp_pat
     assert len(results) == 2 and all(storage.exists(u) for u in results.video_uri)
     assert len(pd.read_parquet(layout.adapters_index)) == 2
     assert storage.exists(f"{s3_bucket}/runs/_cache/frames")
+
+    # the clips' ETags still match the ingest index: ingesting again reads no video
+    again = run_pipeline(f"{s3_bucket}/inputs/manifest.jsonl", f"{s3_bucket}/runs", cfg, "s3run", f"{s3_bucket}/models/debug",
+                         stage="ingest")["stages"]["ingest"]
+    assert again["indexed"] == 2 and again["decoded"] == 0 and again["failed"] == 1

@@ -1,7 +1,7 @@
 """Integration test for report.html: escaping, relative links, and a headless Chromium render.
 
 A run folder is built by hand (no Ray, no model): two motions with moving-square GIFs,
-frame-grid PNGs and cached reference frames, plus a failure. The page must escape every
+frame-grid PNGs and reference GIFs (as the render stage writes them), plus a failure. The page must escape every
 user string, link only to files inside the run folder, and render in a real browser
 with every image loaded and no script error.
 """
@@ -19,9 +19,7 @@ import numpy as np
 import pytest
 
 from motioncrafter.video import frame_grid, write_gif, write_png
-from pipelines.ingest import save_array
-from pipelines.layout import RunLayout
-from pipelines.manifest import Failure
+from motioncrafter.runformat import Failure, RunLayout
 from pipelines.report import write_html
 
 EVIL = "<script>alert(1)</script> \"quoted\" 'single' & more"
@@ -36,9 +34,9 @@ def moving_square(t: int = 8, size: int = 32, color=(230, 80, 40), dx: int = 3, 
     return frames
 
 
-def build_run(tmp_path: Path) -> tuple[RunLayout, dict, list, list, list, dict]:
+def build_run(tmp_path: Path) -> tuple[RunLayout, dict, list, list, list]:
     layout = RunLayout(str(tmp_path), "r")
-    summary, results, references = [], [], {}
+    summary, results = [], []
     for row, motion_id in enumerate(MOTIONS):
         videos = []
         for k in range(2):
@@ -50,9 +48,7 @@ def build_run(tmp_path: Path) -> tuple[RunLayout, dict, list, list, list, dict]:
                             "video_uri": layout.video(motion_id, k, "mp4"), "gif_uri": gif,
                             "motion_fidelity": 0.5 + 0.1 * k, "appearance_accuracy": 0.9 - 0.2 * row})
         write_png(frame_grid(videos), layout.grid(motion_id))
-        reference = str(tmp_path / "_cache" / "frames" / f"{motion_id}.safetensors")
-        save_array(reference, "frames", moving_square(color=(250, 250, 250), dx=2 * (1 - row), dy=2 * row))
-        references[motion_id] = reference
+        write_gif(moving_square(color=(250, 250, 250), dx=2 * (1 - row), dy=2 * row), layout.reference_gif(motion_id), fps=8)
         summary.append({"motion_id": motion_id, "row": row, "prompt": f"reference {EVIL}",
                         "adapter_uri": f"{layout.root}/adapters/{motion_id}", "grid_uri": layout.grid(motion_id),
                         "train_seconds": 12.5 + row, "render_seconds": 3.25, "motion_fidelity": 0.61 - 0.2 * row,
@@ -66,13 +62,13 @@ def build_run(tmp_path: Path) -> tuple[RunLayout, dict, list, list, list, dict]:
         "config": {"tune": {"mode": "motioncrafter", "steps": 200}, "model": {"base_model": ""}},
         "versions": {"motioncrafter": "0"},
     }
-    return layout, info, summary, results, failures, references
+    return layout, info, summary, results, failures
 
 
 @pytest.fixture
 def report(tmp_path: Path) -> Path:
-    layout, info, summary, results, failures, references = build_run(tmp_path)
-    write_html(layout, info, summary, results, failures, references=references)
+    layout, info, summary, results, failures = build_run(tmp_path)
+    write_html(layout, info, summary, results, failures)
     return Path(layout.report)
 
 

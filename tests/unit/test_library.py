@@ -21,10 +21,10 @@ from motioncrafter import adapters as ad
 from motioncrafter import library
 from motioncrafter.base import fingerprint_folder
 from motioncrafter.config import AdapterConfig
+from motioncrafter.runformat import RunLayout, write_table
 from motioncrafter.toyworld.model import debug_base
 from motioncrafter.trainer import tune_clip
-from pipelines.layout import RunLayout
-from pipelines.report import adapter_index, write_table
+from pipelines.report import adapter_index
 
 pytestmark = pytest.mark.filterwarnings(
     "ignore:Already found a `peft_config` attribute",
@@ -52,10 +52,10 @@ def make_run(output: Path, run_id: str, tuned: dict[str, ad.Adapter]) -> RunLayo
                   "gang": "gang-0", "attempt": 1, "train_seconds": 0.5, "committed_at": time.time()}
         Path(layout.committed(motion_id)).write_text(json.dumps(marker))
         motions[motion_id] = i
-    write_table(adapter_index(layout, motions), layout.adapters_index, "adapters")
+    write_table(layout, "adapters", adapter_index(layout, motions))
     summary = [{"motion_id": m, "row": r, "prompt": tuned[m].meta["reference"]["prompt"], "adapter_uri": layout.adapter(m),
                 "grid_uri": layout.grid(m), "motion_fidelity": FIDELITY[m], "num_videos": 2} for m, r in motions.items()]
-    write_table(summary, layout.table("summary"), "summary")
+    write_table(layout, "summary", summary)
     return layout
 
 
@@ -81,7 +81,7 @@ def world(tmp_path_factory, clip, mc):
 def test_list_run_folder_with_metrics(world):
     frame = library.list_adapters(world["run"])
     assert list(frame["motion_id"]) == ["m0", "m1"]
-    assert list(frame.columns[:3]) == ["motion_id", "row", "adapter_uri"]
+    assert list(frame.columns[:4]) == ["run_id", "motion_id", "row", "adapter_uri"]
     assert list(frame["motion_fidelity"]) == [0.8, 0.3]  # joined from summary/summary.parquet
     assert set(frame["kind"]) == {"lora"} and set(frame["rank"]) == {4}
     assert set(frame["base_fingerprint"]) == {world["base"].fingerprint}

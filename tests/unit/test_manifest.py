@@ -9,7 +9,7 @@ import pandas as pd
 import pytest
 
 from motioncrafter.config import Config
-from pipelines.layout import RunLayout
+from motioncrafter.runformat import RunLayout
 from pipelines.manifest import ManifestError, load_manifest, resolve_uri
 
 GOOD = {"motion_id": "zig", "video_uri": "clips/zig.mp4", "prompt": "a red circle moves in a zigzag on a black background"}
