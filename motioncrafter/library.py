@@ -159,7 +159,7 @@ def _adapter_folder(adapter_uri: str) -> str:
 def _size(uri: str) -> int | None:
     fs, path = storage.filesystem(uri)
     try:
-        return int(storage.retry(lambda: fs.size(path), uri))
+        return int(storage.retry(lambda: fs.size(path), uri, "stat"))
     except FileNotFoundError:
         return None
 

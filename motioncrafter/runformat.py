@@ -180,6 +180,7 @@ class CommitMarker:
     attempt: int = 0  # which lease of the clip
     train_seconds: float = 0.0
     committed_at: float = 0.0  # Unix time; tables hold it as a timestamp
+    writer: str = ""  # a token of the attempt that wrote it: its own marker, found after a lost reply, is not a conflict
 
     def to_json(self) -> bytes:
         return json.dumps(dataclasses.asdict(self)).encode()

@@ -6,15 +6,18 @@ AWS_ENDPOINT_URL / AWS_ENDPOINT_URL_S3, so any S3-compatible store (MinIO, Ceph,
 moto) needs no code here: set the variable. fsspec caches filesystem instances,
 so set it before the first s3:// access in a process.
 
-Object-store calls are retried with exponential backoff on transient errors
-(`retry`); errors that retrying cannot fix (missing file, no permission) are
-raised at once. Errors and log lines name the URI with `redact`, never
-credentials.
+Storage calls are retried with exponential backoff on transient errors
+(`retry`), and only there: S3 filesystems are made with botocore's and s3fs's
+own retrying off, so attempts do not multiply (5 x 5 x 5 requests for one read).
+Errors that retrying cannot fix (missing file, no permission) are raised at
+once. Every error names what was attempted and the URI (`redact`ed, never
+credentials).
 """
 
 from __future__ import annotations
 
 import errno
+import functools
 import hashlib
 import json
 import logging
@@ -65,12 +68,22 @@ def redact(uri: URI) -> str:
     return urlunsplit((parts.scheme, netloc, parts.path, query, parts.fragment))
 
 
+# botocore retries throttling, 5xx and dropped connections itself (5 attempts in its legacy mode);
+# `retry` does that here, for every backend alike
+_S3_OPTIONS = {"config_kwargs": {"retries": {"mode": "standard", "total_max_attempts": 1}}}
+
+
 def filesystem(uri: URI) -> tuple[AbstractFileSystem, str]:
     """The fsspec filesystem that serves `uri`, and the path inside it."""
+    text = str(uri)
+    options = _S3_OPTIONS if text.split("://", 1)[0] in ("s3", "s3a") and "://" in text else {}
     try:
-        return fsspec.core.url_to_fs(str(uri))
+        fs, path = fsspec.core.url_to_fs(text, **options)
     except ValueError as err:  # e.g. "Protocol not known"
         raise ValueError(f"{redact(uri)}: {err}") from err
+    if options:
+        fs.retries = 1  # s3fs's own retry loop around each call (a class attribute, not an argument)
+    return fs, path
 
 
 def join(uri: URI, *parts: str) -> str:
@@ -78,43 +91,76 @@ def join(uri: URI, *parts: str) -> str:
     return "/".join([str(uri).rstrip("/"), *(part.strip("/") for part in parts)])
 
 
-def retry(call: Callable[[], T], uri: URI, attempts: int = RETRY_ATTEMPTS, base_delay: float = RETRY_BASE_DELAY) -> T:
-    """`call()`, retried with exponential backoff while it fails with a transient
-    OSError (connection, timeout, I/O). The error finally raised names `uri`."""
+def retry(call: Callable[[], T], uri: URI, action: str, attempts: int = RETRY_ATTEMPTS,
+          base_delay: float = RETRY_BASE_DELAY) -> T:
+    """`call()`, retried with exponential backoff while it fails with a transient error
+    (connection, timeout, I/O). The error finally raised is an OSError whose message
+    says what failed: `action` ("read", "write", ...) and the redacted `uri`."""
     attempt = 1
     while True:
         try:
             return call()
-        except OSError as err:
-            if isinstance(err, _PERMANENT) or attempt >= attempts:
-                raise _naming(err, uri) from err
+        except Exception as err:
+            if not isinstance(err, (OSError, *_client_errors())):
+                raise  # a bug or a bad argument, not the storage's answer
+            if not _transient(err) or attempt >= attempts:
+                raise _naming(err, uri, action) from err
             delay = base_delay * 2 ** (attempt - 1)
-            log.warning("%s: %s (attempt %d of %d); retrying in %.1f s",
-                        redact(uri), type(err).__name__, attempt, attempts, delay)
+            log.warning("could not %s %s: %s (attempt %d of %d); retrying in %.1f s",
+                        action, redact(uri), type(err).__name__, attempt, attempts, delay)
             time.sleep(delay)
             attempt += 1
 
 
-def _naming(err: OSError, uri: URI) -> OSError:
-    """An error of the same kind whose message names the full URI: filesystems
-    report bare paths ('bucket/key') or nothing at all."""
-    code = err.errno if isinstance(err.errno, int) else next((c for t, c in _ERRNO_OF_TYPE if isinstance(err, t)), errno.EIO)
-    detail = err.strerror or str(err)
-    # s3fs and memory:// put only the path in the message: say what happened instead
-    reason = os.strerror(code) if not detail or detail in str(uri) else detail
-    return OSError(code, reason, redact(uri))  # OSError(ENOENT, ...) is a FileNotFoundError, and so on
+@functools.cache
+def _client_errors() -> tuple[type[Exception], ...]:
+    """What the S3 and HTTP clients raise that is not an OSError (s3fs, through aiobotocore, and
+    fsspec's http filesystem are dependencies, so both are installed)."""
+    from aiohttp import ClientError
+    from botocore.exceptions import BotoCoreError
+
+    return BotoCoreError, ClientError
+
+
+def _transient(err: Exception) -> bool:
+    if isinstance(err, OSError):
+        return not isinstance(err, _PERMANENT)
+    from aiohttp import ClientConnectionError, ClientPayloadError, ClientResponseError
+    from botocore.exceptions import ConnectionError as EndpointError, HTTPClientError
+    from botocore.parsers import ResponseParserError
+
+    if isinstance(err, ClientResponseError):  # an HTTP status: server-side trouble and throttling pass
+        return err.status >= 500 or err.status == 429
+    # a refused or dropped connection, a time-out, a garbled or cut-off response (what s3fs's
+    # S3_RETRYABLE_ERRORS and botocore's own retries cover)
+    return isinstance(err, (EndpointError, HTTPClientError, ResponseParserError, ClientConnectionError, ClientPayloadError))
+
+
+def _naming(err: Exception, uri: URI, action: str) -> OSError:
+    """An error of the same kind whose message says what was attempted on which URI:
+    filesystems report bare paths ('bucket/key'), an endpoint, or nothing at all."""
+    code = getattr(err, "errno", None)
+    if not isinstance(code, int):
+        code = next((c for t, c in _ERRNO_OF_TYPE if isinstance(err, t)), errno.EIO)
+    if isinstance(err, OSError):
+        detail = err.strerror or str(err)
+        # s3fs and memory:// put only the path in the message: say what happened instead
+        reason = os.strerror(code) if not detail or detail in str(uri) else detail
+    else:  # botocore / aiohttp: their type says what happened (EndpointConnectionError, ...)
+        reason = f"{type(err).__name__}: {err}"
+    return OSError(code, f"could not {action}: {reason}", redact(uri))  # OSError(ENOENT, ...) is a FileNotFoundError
 
 
 def exists(uri: URI) -> bool:
     """Whether a file or folder is at `uri`."""
     fs, path = filesystem(uri)
-    return retry(partial(fs.exists, path), uri)
+    return retry(partial(fs.exists, path), uri, "check")
 
 
 def read_bytes(uri: URI) -> bytes:
     """The whole content of the file at `uri`."""
     fs, path = filesystem(uri)
-    return retry(partial(fs.cat_file, path), uri)
+    return retry(partial(fs.cat_file, path), uri, "read")
 
 
 def write_bytes(uri: URI, data: bytes) -> None:
@@ -126,7 +172,7 @@ def write_bytes(uri: URI, data: bytes) -> None:
     """
     fs, path = filesystem(uri)
     if not isinstance(fs, LocalFileSystem):
-        retry(partial(fs.pipe_file, path, data), uri)
+        retry(partial(fs.pipe_file, path, data), uri, "write")
         return
     target = Path(path)
     target.parent.mkdir(parents=True, exist_ok=True)
@@ -134,6 +180,52 @@ def write_bytes(uri: URI, data: bytes) -> None:
     try:
         tmp.write_bytes(data)
         os.replace(tmp, target)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def create_exclusive(uri: URI, data: bytes) -> bool:
+    """Write `data` to `uri` unless something is there already, with the check and the write one
+    step the storage itself enforces: True if this call wrote it, False if another writer did.
+
+    Local (and NFS) folders: a complete temporary file hard-linked to the name, which fails if the
+    name exists (O_CREAT | O_EXCL where links are not supported): readers never see half a file.
+    S3: a conditional PUT (`If-None-Match: *`, s3fs's mode="create"), which S3 answers with 412
+    if the key exists. fsspec's own mode="create" elsewhere is check-then-write, so two writers
+    racing on a local or NFS folder would both "create" the file.
+
+    A create retried after a time-out that had in fact succeeded finds its own bytes there:
+    that is this writer's file, so True. `data` must therefore be unique to the writer (a token).
+    """
+    fs, path = filesystem(uri)
+    try:
+        if isinstance(fs, LocalFileSystem):
+            _create_local(Path(path), data)
+        else:
+            retry(partial(fs.pipe_file, path, data, mode="create"), uri, "create")
+        return True
+    except FileExistsError:
+        return read_bytes(uri) == data
+
+
+def _create_local(target: Path, data: bytes) -> None:
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = target.with_name(f".{target.name}.{uuid.uuid4().hex}.tmp")
+    try:
+        with open(tmp, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        try:
+            os.link(tmp, target)
+        except FileExistsError:
+            raise
+        except OSError as err:  # no hard links here (some FUSE mounts): an exclusive create instead
+            if err.errno not in (errno.EPERM, errno.EOPNOTSUPP):
+                raise
+            fd = os.open(target, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+            with os.fdopen(fd, "wb") as f:
+                f.write(data)
     finally:
         tmp.unlink(missing_ok=True)
 
@@ -163,7 +255,7 @@ def find(uri: URI) -> dict[str, dict]:
     fs, path = filesystem(uri)
     fs.invalidate_cache(path)  # the caller decides from this listing, so it must not be a cached one
     try:
-        found = retry(partial(fs.find, path, detail=True), uri)
+        found = retry(partial(fs.find, path, detail=True), uri, "list")
     except FileNotFoundError:
         return {}
     base = path.rstrip("/") + "/"
@@ -189,7 +281,7 @@ def stat_many(uris: list[str], list_from: int = 32, threads: int = 16) -> dict[s
         fs, path = filesystem(folder)
         fs.invalidate_cache(path)
         try:
-            entries = retry(partial(fs.ls, path, detail=True), folder)
+            entries = retry(partial(fs.ls, path, detail=True), folder, "list")
         except (FileNotFoundError, NotADirectoryError):
             continue
         listed = {join(folder, e["name"].rstrip("/").rsplit("/", 1)[-1]): e for e in entries if e.get("type") == "file"}
@@ -198,7 +290,7 @@ def stat_many(uris: list[str], list_from: int = 32, threads: int = 16) -> dict[s
     def info(uri: str) -> dict | None:
         fs, path = filesystem(uri)
         try:
-            got = retry(partial(fs.info, path), uri)
+            got = retry(partial(fs.info, path), uri, "stat")
         except (FileNotFoundError, NotADirectoryError):
             return None
         return got if got.get("type") == "file" else None
@@ -228,7 +320,7 @@ def open_file(uri: URI, mode: str = "rb") -> IO:
     fs, path = filesystem(uri)
     if isinstance(fs, LocalFileSystem) and mode[0] in "wax":
         Path(path).parent.mkdir(parents=True, exist_ok=True)
-    return retry(partial(fs.open, path, mode), uri)
+    return retry(partial(fs.open, path, mode), uri, "open")
 
 
 def local_copy(uri: URI, cache_dir: URI) -> Path:
@@ -258,7 +350,7 @@ def _listing(fs: AbstractFileSystem, path: str, uri: URI) -> list[tuple[str, str
     # the listing decides whether a cached copy is stale, so it must be fresh (s3fs's find
     # always lists anew; other backends may answer from their listing cache)
     fs.invalidate_cache(path)
-    found = retry(partial(fs.find, path, detail=True), uri)
+    found = retry(partial(fs.find, path, detail=True), uri, "list")
     files = sorted((os.path.relpath(name, path).replace(os.sep, "/"), name, info) for name, info in found.items())
     if not files:
         raise FileNotFoundError(errno.ENOENT, "No such folder, or it holds no files", redact(uri))
@@ -282,7 +374,7 @@ def _download(fs: AbstractFileSystem, files: list[tuple[str, str, dict]], target
         for name, remote, _ in files:
             local = tmp / name
             local.parent.mkdir(parents=True, exist_ok=True)
-            retry(partial(fs.get_file, remote, str(local)), join(uri, name))
+            retry(partial(fs.get_file, remote, str(local)), join(uri, name), "download")
         try:
             tmp.rename(target)
         except OSError:

@@ -28,6 +28,7 @@ import os
 import tempfile
 import threading
 import time
+import uuid
 from collections import Counter, deque
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import nullcontext
@@ -268,15 +269,12 @@ def _commit(result, msg: dict, gang: str) -> bool:
         return False
     result.adapter.meta["pipeline"] = asdict(AdapterProvenance(item["motion_id"], item["row"]["row"], item["run_id"]))
     save_adapter(result.adapter, item["adapter_uri"])
+    # `writer` makes this marker's bytes this attempt's own: a create retried after a time-out that had
+    # in fact succeeded finds its own marker (storage.create_exclusive), not a conflict
     marker = CommitMarker(item["motion_id"], item["clip_sha256"], item["run_id"], gang, msg["attempt"],
-                          round(result.seconds, 3), time.time())
-    fs, path = storage.filesystem(item["committed_uri"])
-    try:
-        # create, never overwrite (an S3 conditional PUT, O_EXCL locally): one marker per clip whatever races
-        storage.retry(lambda: fs.pipe_file(path, marker.to_json(), mode="create"), item["committed_uri"])
-    except FileExistsError:
-        return False
-    return True
+                          round(result.seconds, 3), time.time(), writer=uuid.uuid4().hex)
+    # create, never overwrite (a hard link or O_EXCL locally, an S3 conditional PUT): one marker per clip whatever races
+    return storage.create_exclusive(item["committed_uri"], marker.to_json())
 
 
 # ------------------------------------------------------------------- driver

@@ -58,8 +58,8 @@ def test_retry_gives_up_naming_the_uri(monkeypatch: pytest.MonkeyPatch) -> None:
         calls.append(1)
         raise OSError("Service Unavailable")
 
-    with pytest.raises(OSError, match="Service Unavailable: 's3://bucket/key'"):
-        storage.retry(unavailable, "s3://bucket/key", attempts=4, base_delay=0.5)
+    with pytest.raises(OSError, match="could not read: Service Unavailable: 's3://bucket/key'"):
+        storage.retry(unavailable, "s3://bucket/key", "read", attempts=4, base_delay=0.5)
     assert len(calls) == 4
     assert delays == [0.5, 1.0, 2.0]  # exponential backoff
 
