@@ -137,13 +137,13 @@ def test_missing_and_forbidden_name_the_uri_and_the_action(no_backoff, s3_bucket
 def test_a_failure_row_names_the_clip_uri_and_the_action(no_backoff, tmp_path) -> None:
     from motioncrafter.config import VideoConfig
     from pipelines.ingest import decode_row
-    from pipelines.layout import RunLayout
+    from motioncrafter.runformat import RunLayout
 
     layout = RunLayout(str(tmp_path), "r1")
     port = closed_port()
     for uri, kind in [(f"http://127.0.0.1:{port}/clips/a.mp4", "ConnectionRefusedError"),
                       (str(tmp_path / "missing.mp4"), "FileNotFoundError")]:
         row = {"row": 3, "motion_id": "m3", "video_uri": uri, "start_sec": None, "end_sec": None}
-        out = decode_row({"row_json": json.dumps(row)}, layout, VideoConfig())
+        out = decode_row({"row_json": json.dumps(row), "key": "", "clip_sha256": ""}, layout, VideoConfig())
         assert out["error"].startswith(f"{kind}: "), out["error"]
         assert "could not read" in out["error"] and uri in out["error"], out["error"]

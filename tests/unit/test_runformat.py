@@ -67,7 +67,7 @@ def test_marker_and_metadata_read_files_written_before_the_contract() -> None:
     old_marker = {"motion_id": "m0", "clip_sha256": "97d8", "run_id": "run-a", "gang": "gang-0", "attempt": 1,
                   "train_seconds": 0.5, "committed_at": 1.7e9}
     marker = CommitMarker.from_json(json.dumps(old_marker | {"added_later": 1}))
-    assert json.loads(marker.to_json()) == old_marker
+    assert json.loads(marker.to_json()) == old_marker | {"writer": ""}
     with pytest.raises(ValueError, match="not a commit marker"):
         CommitMarker.from_json("[1]")
     meta = AdapterMeta.from_dict({"kind": "lora", "format_version": 1, "rank": 4, "reference": {"prompt": "p", "subject": None,
