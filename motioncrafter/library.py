@@ -33,6 +33,9 @@ from motioncrafter.runformat import COMMITTED, META_NAME, WEIGHTS_NAME, AdapterF
 KEY_COLUMNS = ["motion_id", "row", "adapter_uri"]
 
 PEFT_WEIGHTS, PEFT_CONFIG = "adapter_model.safetensors", "adapter_config.json"
+PEFT_PREFIX = "base_model.model."  # what peft's save_pretrained puts before a module's name
+DIFFUSERS_LORA = "pytorch_lora_weights.safetensors"  # diffusers' LORA_WEIGHT_NAME_SAFE
+MOTION_ADAPTER = "motion_adapter"
 FULL_WEIGHTS = "temporal_state_dict.safetensors"
 README = "README.md"
 
@@ -345,52 +348,68 @@ def peft_config(meta: dict) -> dict:
 def _readme_lora(meta: dict, cfg: dict) -> str:
     family = meta.get("family") or "unet3d"
     imports, load = _PIPELINES.get(family, _PIPELINES["unet3d"])
-    prompt = (meta.get("reference") or {}).get("prompt") or ""
-    return f"""# Motion adapter (peft LoRA)
+    prompt = json.dumps((meta.get("reference") or {}).get("prompt") or "a prompt")
+    if family == "animatediff":
+        diffusers_route = f"""With diffusers alone (`{DIFFUSERS_LORA}`, its LoraConfig in the file's metadata):
+
+```python
+import torch
+from diffusers import {imports}
+
+{load}
+pipe.load_lora_weights("path/to/this/folder", adapter_name="motion")
+pipe.set_adapters(["motion"], [1.0])  # the weight is the motion strength
+video = pipe({prompt}, num_frames=16).frames
+```
+
+Or with peft (`{PEFT_WEIGHTS}` + `{PEFT_CONFIG}`, peft's own layout):
+"""
+    else:
+        diffusers_route = f"""`pipe.load_lora_weights(...)` cannot load it: diffusers' `UNet3DConditionModel` has no LoRA
+loader (it raises). `{DIFFUSERS_LORA}` is the same LoRA in diffusers' format, for tools that
+read that format. Load it with peft (`{PEFT_WEIGHTS}` + `{PEFT_CONFIG}`, peft's own layout):
+"""
+    return f"""# Motion adapter (LoRA)
 
 Exported by MotionCrafter. A LoRA (rank {cfg["r"]}, alpha {cfg["lora_alpha"]}) on {len(cfg["target_modules"])}
 layers of the UNet's temporal branch, for a `{family}` base with MotionCrafter fingerprint
 `{meta.get("base_fingerprint")}` (`motioncrafter.base.fingerprint_folder` of the base folder).
-Reference prompt: {json.dumps(prompt)}
+Reference prompt: {prompt}
 
-- `{PEFT_WEIGHTS}`: the LoRA tensors, keys in peft's naming (`<module>.lora_A.weight`, `<module>.lora_B.weight`)
-- `{PEFT_CONFIG}`: the peft `LoraConfig`
-
-Load it into a stock diffusers UNet with peft alone:
-
+{diffusers_route}
 ```python
-import json
-
-import safetensors.torch
 import torch
 from diffusers import {imports}
-from peft import LoraConfig, inject_adapter_in_model, set_peft_model_state_dict
+from peft import PeftModel
 
 {load}
-with open("{PEFT_CONFIG}") as f:
-    cfg = json.load(f)
-inject_adapter_in_model(LoraConfig(**cfg), pipe.unet)
-state_dict = safetensors.torch.load_file("{PEFT_WEIGHTS}")
-result = set_peft_model_state_dict(pipe.unet, state_dict)
-assert not result.unexpected_keys, result.unexpected_keys
-pipe.to("cuda")
-video = pipe({json.dumps(prompt or "a prompt")}, num_frames=16).frames
+pipe.unet = PeftModel.from_pretrained(pipe.unet, "path/to/this/folder")
+video = pipe({prompt}, num_frames=16).frames
 ```
 """
 
 
-def _readme_full(meta: dict, keys: int) -> str:
+def _readme_full(meta: dict, keys: int, motion_adapter: bool) -> str:
     family = meta.get("family") or "unet3d"
     imports, load = _PIPELINES.get(family, _PIPELINES["unet3d"])
+    stock = f"""
+`{MOTION_ADAPTER}/` is the base's MotionAdapter with these weights in it, for a stock pipeline:
+
+```python
+import torch
+from diffusers import AnimateDiffPipeline, MotionAdapter
+
+adapter = MotionAdapter.from_pretrained("path/to/this/folder/{MOTION_ADAPTER}")
+pipe = AnimateDiffPipeline.from_pretrained("path/to/base", motion_adapter=adapter, torch_dtype=torch.float16)
+```
+""" if motion_adapter else ""
     return f"""# Motion adapter (full temporal weights)
 
 Exported by MotionCrafter. The tuned weights of the UNet's temporal branch ({keys} tensors,
 keys are the UNet's own parameter names), for a `{family}` base with MotionCrafter
 fingerprint `{meta.get("base_fingerprint")}`.
-
-- `{FULL_WEIGHTS}`: the tensors
-
-Load them over a stock diffusers UNet (every other weight stays the base's):
+{stock}
+`{FULL_WEIGHTS}` loads over a stock diffusers UNet (every other weight stays the base's):
 
 ```python
 import safetensors.torch
@@ -405,15 +424,54 @@ assert not result.unexpected_keys, result.unexpected_keys
 """
 
 
-def export_adapter(adapter_uri: str, out_uri: str) -> list[str]:
-    """Write the adapter at `adapter_uri` into the folder `out_uri` in a format stock tools load;
+def _diffusers_lora(tensors: dict, cfg: dict) -> bytes:
+    """The LoRA as diffusers writes one (`save_lora_weights`): keys under `unet.`, the LoraConfig in
+    the header, which `load_lora_weights` reads (without it, alpha != rank would load at r/alpha strength)."""
+    import tempfile
+
+    from diffusers.loaders import StableDiffusionLoraLoaderMixin
+
+    metadata = {k: v for k, v in cfg.items() if k != "peft_type"}
+    with tempfile.TemporaryDirectory() as tmp:
+        StableDiffusionLoraLoaderMixin.save_lora_weights(tmp, unet_lora_layers=tensors, unet_lora_adapter_metadata=metadata)
+        return (Path(tmp) / DIFFUSERS_LORA).read_bytes()
+
+
+def _motion_adapter(tensors: dict, base: str, where: str) -> dict[str, bytes]:
+    """The files of a `MotionAdapter` folder: the base's motion adapter with the tuned weights in it
+    (UNetMotionModel's `down_blocks.i.motion_modules.j...` are MotionAdapter's names too)."""
+    import tempfile
+
+    from diffusers import MotionAdapter
+
+    from motioncrafter.config import ModelConfig
+
+    folder = storage.local_copy(base, Path(ModelConfig.cache_dir).expanduser() / "models")
+    if not (folder / MOTION_ADAPTER / "config.json").exists():
+        raise AdapterError(f"{storage.redact(base)}: no {MOTION_ADAPTER}/ folder; a full AnimateDiff adapter exports "
+                           "over the base's MotionAdapter")
+    adapter = MotionAdapter.from_pretrained(folder / MOTION_ADAPTER)
+    result = adapter.load_state_dict(tensors, strict=False)
+    if result.unexpected_keys:
+        raise AdapterError(f"{where}: {len(result.unexpected_keys)} tensors are not MotionAdapter weights, "
+                           f"e.g. {result.unexpected_keys[:2]}")
+    with tempfile.TemporaryDirectory() as tmp:
+        adapter.save_pretrained(tmp, safe_serialization=True)
+        return {p.name: p.read_bytes() for p in sorted(Path(tmp).iterdir()) if p.is_file()}
+
+
+def export_adapter(adapter_uri: str, out_uri: str, base: str | None = None) -> list[str]:
+    """Write the adapter at `adapter_uri` into the folder `out_uri` in the layouts stock tools load;
     returns the URIs written.
 
-    LoRA: `adapter_model.safetensors` + `adapter_config.json` (peft's format), which
-    `inject_adapter_in_model(LoraConfig(**cfg), unet)` then `set_peft_model_state_dict(unet, sd)`
-    load into a stock diffusers UNet with the same outputs as `adapters.attach`.
-    Full: `temporal_state_dict.safetensors`, for `unet.load_state_dict(sd, strict=False)`.
-    Both come with a README.md showing exactly that.
+    LoRA: `pytorch_lora_weights.safetensors`, diffusers' format with its LoraConfig in the header
+    (`AnimateDiffPipeline.load_lora_weights(folder)`; diffusers has no LoRA loader for
+    `UNet3DConditionModel`), and `adapter_model.safetensors` + `adapter_config.json` in peft's layout
+    (`PeftModel.from_pretrained(unet, folder)`).
+    Full: `temporal_state_dict.safetensors` (`unet.load_state_dict(sd, strict=False)`) and, for
+    AnimateDiff, `motion_adapter/`: the base's `MotionAdapter` (from `base`, a diffusers folder)
+    with the tuned weights, for `MotionAdapter.from_pretrained`.
+    Each loads with the same outputs as `adapters.attach` (tested); a README.md shows how.
     """
     from safetensors.torch import save as save_safetensors
 
@@ -421,6 +479,7 @@ def export_adapter(adapter_uri: str, out_uri: str) -> list[str]:
     meta = dict(adapter.meta)
     header = {"format": "pt", "motioncrafter": json.dumps(meta, sort_keys=True)}
     tensors = {k: v.detach().to("cpu").contiguous() for k, v in adapter.tensors.items()}
+    where = storage.redact(adapter_uri)
     written: list[str] = []
 
     def put(name: str, data: bytes) -> None:
@@ -432,15 +491,24 @@ def export_adapter(adapter_uri: str, out_uri: str) -> list[str]:
         cfg = peft_config(meta)
         odd = [k for k in tensors if not k.endswith(_LORA_SUFFIXES)]
         if odd:
-            raise AdapterError(f"{storage.redact(adapter_uri)}: tensors not in peft's LoRA naming, e.g. {odd[:2]}")
-        put(PEFT_WEIGHTS, save_safetensors(tensors, metadata=header))
+            raise AdapterError(f"{where}: tensors not in peft's LoRA naming, e.g. {odd[:2]}")
+        put(DIFFUSERS_LORA, _diffusers_lora(tensors, cfg))
+        # peft's save_pretrained layout: names as seen from the PeftModel that wraps the UNet
+        put(PEFT_WEIGHTS, save_safetensors({PEFT_PREFIX + k: v for k, v in tensors.items()}, metadata=header))
         put(PEFT_CONFIG, (json.dumps(cfg, indent=2, sort_keys=True) + "\n").encode())
         put(README, _readme_lora(meta, cfg).encode())
     elif adapter.kind == "full":
+        animatediff = meta.get("family") == "animatediff"
+        if animatediff and base is None:
+            raise AdapterError(f"{where}: a full AnimateDiff adapter exports as a MotionAdapter folder over the base's "
+                               "own: pass the base (--base)")
         put(FULL_WEIGHTS, save_safetensors(tensors, metadata=header))
-        put(README, _readme_full(meta, len(tensors)).encode())
+        if animatediff:
+            for name, data in _motion_adapter(tensors, base, where).items():
+                put(f"{MOTION_ADAPTER}/{name}", data)
+        put(README, _readme_full(meta, len(tensors), animatediff).encode())
     else:
-        raise AdapterError(f"{storage.redact(adapter_uri)}: unknown adapter kind {adapter.kind!r}")
+        raise AdapterError(f"{where}: unknown adapter kind {adapter.kind!r}")
     return written
 
 
@@ -544,8 +612,11 @@ _EXPORT_EPILOG = """examples:
   motioncrafter adapters export runs/run-20250101-000000/adapters/m0 exported/m0
   motioncrafter adapters export s3://bucket/runs/run-20250101-000000/adapters/m0 s3://bucket/exported/m0
 
-a LoRA gives adapter_model.safetensors + adapter_config.json (peft), a full adapter
-temporal_state_dict.safetensors (unet.load_state_dict); both with a README.md on how to load them.
+a LoRA gives pytorch_lora_weights.safetensors (diffusers: AnimateDiffPipeline.load_lora_weights; diffusers
+cannot load a LoRA into ModelScope's UNet3DConditionModel) and adapter_model.safetensors + adapter_config.json
+(peft: PeftModel.from_pretrained(unet, folder)); a full adapter temporal_state_dict.safetensors
+(unet.load_state_dict), and for AnimateDiff a motion_adapter/ folder (MotionAdapter.from_pretrained; needs --base).
+Each with a README.md on how to load it.
 """
 
 _MERGE_EPILOG = """examples:
@@ -594,6 +665,8 @@ def add_adapters_parser(subparsers):
                              epilog=_EXPORT_EPILOG, formatter_class=raw)
     exp.add_argument("adapter_uri", metavar="ADAPTER_URI", help="adapter folder: path or fsspec URI")
     exp.add_argument("out_uri", metavar="OUT_URI", help="folder to write: path or fsspec URI")
+    exp.add_argument("--base", metavar="BASE_URI",
+                     help="diffusers base folder; a full AnimateDiff adapter is written over its motion_adapter/")
     exp.set_defaults(func=cmd_adapters_export)
 
     mer = actions.add_parser("merge", help="one library index (.parquet) over several runs",
@@ -655,7 +728,7 @@ def cmd_adapters_verify(args) -> int:
 
 
 def cmd_adapters_export(args) -> int:
-    for uri in export_adapter(args.adapter_uri, args.out_uri):
+    for uri in export_adapter(args.adapter_uri, args.out_uri, base=args.base):
         print(storage.redact(uri))
     return 0
 
