@@ -7,6 +7,7 @@ are the ones the project is tested with, and the S3 secret and config map are na
 
 from __future__ import annotations
 
+import copy
 import re
 import shlex
 import tomllib
@@ -76,8 +77,6 @@ def test_rayjob_entrypoint_is_a_valid_run():
 
     job = _kind("kuberay/rayjob.yaml", "RayJob")
     assert job["apiVersion"] == "ray.io/v1"
-    assert job["spec"]["shutdownAfterJobFinishes"] is True
-    assert job["spec"]["ttlSecondsAfterFinished"] == 3600
     argv = shlex.split(job["spec"]["entrypoint"])
     assert argv[:2] == ["motioncrafter", "run"]
     args = build_parser().parse_args(argv[2:])
@@ -135,14 +134,89 @@ def test_both_kuberay_files_have_the_same_groups():
     assert _kind("kuberay/rayjob.yaml", "ConfigMap") == _kind("kuberay/raycluster.yaml", "ConfigMap")
 
 
-def test_images_are_the_built_one():
-    version = _pyproject()["project"]["version"]
-    cuda = _dockerfile_from().rpartition("-")[2]  # ...-cu121
+def _images() -> dict:
+    return tomllib.loads((CLUSTER / "images.toml").read_text())
+
+
+def test_the_pairing_table_is_a_published_combination():
+    t = _images()
+    # a CUDA line both PyTorch's wheel index and Ray's images publish (sources in images.toml)
+    assert t["cuda"] in t["torch_cuda_published"] and t["cuda"] in t["ray_cuda_published"]
+    assert t["base_image"] == f"rayproject/ray:{t['ray']}-py{t['python'].replace('.', '')}-{t['cuda']}"
+    assert t["torch_index"] == f"https://download.pytorch.org/whl/{t['cuda']}"
+    assert t["image"] == f"motioncrafter:{_pyproject()['project']['version']}-{t['cuda']}"
+    assert t["torch"] == _makefile_torch() and Version(t["torch"]) in _dependency("torch").specifier
+
+
+def test_dockerfile_follows_the_table_and_has_no_entrypoint():
+    t = _images()
+    text = (CLUSTER / "Dockerfile").read_text()
+    assert _dockerfile_from() == t["base_image"]
+    assert re.findall(r"torch==([0-9][\w.+]*) --index-url (\S+)", text) == [(t["torch"], t["torch_index"])]
+    assert f"-t {t['image']} " in text
+    instructions = [ln.split()[0].upper() for ln in text.splitlines() if ln.strip() and not ln.startswith((" ", "#"))]
+    # Ray's docker mode runs `<image> bash`: an ENTRYPOINT would turn that into `<entrypoint> bash`
+    assert "ENTRYPOINT" not in instructions and "CMD" not in instructions
+    # the dependency layer comes before the source is copied in
+    copies = [ln for ln in text.splitlines() if ln.startswith("COPY")]
+    assert copies[0].split()[-2:] == ["pyproject.toml", "./"] and copies[-1].split()[-2:] == [".", "."]
+    assert text.index("-r /tmp/requirements.txt") < text.index(copies[-1]) < text.index("--no-deps .")
+
+
+def test_every_node_runs_the_built_image():
+    image = _images()["image"]
     for name, spec in _ray_cluster_specs().items():
         for pod in _pod_specs(spec):
-            assert [c["image"] for c in pod["containers"]] == [f"motioncrafter:{version}-{cuda}"], name
-    assert f"download.pytorch.org/whl/{cuda}" in (CLUSTER / "Dockerfile").read_text()
-    assert any(f"whl/{cuda}" in cmd for cmd in yaml.safe_load((CLUSTER / "aws.yaml").read_text())["setup_commands"])
+            assert [c["image"] for c in pod["containers"]] == [image], name
+    aws = yaml.safe_load((CLUSTER / "aws.yaml").read_text())
+    assert aws["docker"]["image"] == image
+    assert not any("docker" in node for node in aws["available_node_types"].values())  # no per-node override
+    assert aws["setup_commands"] == []  # the image has everything
+
+
+def test_aws_nodes_start_a_current_gpu_ami_that_fits_the_pods():
+    from ray.autoscaler._private.aws.config import DEFAULT_AMI
+    from ray.autoscaler._private.util import prepare_config, validate_config
+
+    aws = yaml.safe_load((CLUSTER / "aws.yaml").read_text())
+    validate_config(prepare_config(copy.deepcopy(aws)))  # what `ray up` checks: ray-schema.json, defaults filled in
+    for name, node in aws["available_node_types"].items():
+        ami = node["node_config"].get("ImageId", "")
+        # without one Ray falls back to its default: an Ubuntu 18.04 Deep Learning AMI
+        assert ami and ami.lower() != "latest_dlami" and ami not in DEFAULT_AMI.values(), name
+        assert ami.startswith("resolve:ssm:/aws/service/deeplearning/ami/x86_64/") and "ubuntu-22.04" in ami, name
+    # vCPUs and GiB of the instance types used here (AWS's instance type tables)
+    sizes = {"m5.2xlarge": (8, 32), "g5.xlarge": (4, 16), "g5.2xlarge": (8, 32)}
+    worker = aws["available_node_types"]["gpu_worker"]
+    cpus, gib = sizes[worker["node_config"]["InstanceType"]]
+    spec = _ray_cluster_specs()["rayjob.yaml"]
+    (container,) = spec["workerGroupSpecs"][0]["template"]["spec"]["containers"]
+    pod = container["resources"]["requests"]
+    assert gib >= int(pod["memory"].removesuffix("Gi")) and cpus >= float(pod["cpu"])
+    assert worker["resources"]["CPU"] <= cpus
+    head = spec["headGroupSpec"]["template"]["spec"]["containers"][0]["resources"]["requests"]
+    cpus, gib = sizes[aws["available_node_types"][aws["head_node_type"]]["node_config"]["InstanceType"]]
+    assert gib >= int(head["memory"].removesuffix("Gi")) and cpus >= float(head["cpu"])
+
+
+def test_rayjob_frees_the_gpus_when_the_job_ends_and_retries_with_the_same_run_id():
+    spec = _kind("kuberay/rayjob.yaml", "RayJob")["spec"]
+    # KubeRay: deletion rules exclude shutdownAfterJobFinishes and the global TTL (the CRD's validation)
+    assert "shutdownAfterJobFinishes" not in spec and "ttlSecondsAfterFinished" not in spec
+    rules = spec["deletionStrategy"]["deletionRules"]
+    policies = {"DeleteCluster", "DeleteWorkers", "DeleteSelf", "DeleteNone"}
+    assert all(set(r) == {"policy", "condition"} and r["policy"] in policies for r in rules)
+    by_status: dict[str, dict[str, int]] = {}
+    for r in rules:
+        c = r["condition"]
+        assert ("jobStatus" in c) != ("jobDeploymentStatus" in c) and c.get("ttlSeconds", 0) >= 0
+        by_status.setdefault(c.get("jobStatus") or c["jobDeploymentStatus"], {})[r["policy"]] = c.get("ttlSeconds", 0)
+    for status in ("SUCCEEDED", "FAILED"):
+        assert by_status[status]["DeleteWorkers"] == 0  # the GPU pods go at once
+        assert 0 < by_status[status]["DeleteCluster"] <= 900  # the head soon after (its logs readable meanwhile)
+    assert "DeleteCluster" in by_status["Failed"]  # a job that never started does not keep the cluster either
+    assert spec["backoffLimit"] >= 1
+    assert "--run-id" in shlex.split(spec["entrypoint"])  # so a retry is a resume, not a new run
 
 
 def test_ray_versions_match_the_installed_ray():
@@ -156,19 +230,7 @@ def test_ray_versions_match_the_installed_ray():
     assert image.split(":")[1].split("-")[0] == installed
     for name, spec in _ray_cluster_specs().items():
         assert spec["rayVersion"] == installed, name
-    aws_pins = [m for cmd in yaml.safe_load((CLUSTER / "aws.yaml").read_text())["setup_commands"]
-                for m in re.findall(r"ray(?:\[[\w,]+\])?==([0-9][\w.]*)", cmd)]
-    assert aws_pins == [installed]
-
-
-def test_torch_versions_match_the_makefile_pin():
-    pin = _makefile_torch()
-    assert Version(pin) in _dependency("torch").specifier
-    docker = re.findall(r"torch==([0-9][\w.+]*)", (CLUSTER / "Dockerfile").read_text())
-    aws = [m for cmd in yaml.safe_load((CLUSTER / "aws.yaml").read_text())["setup_commands"]
-           for m in re.findall(r"torch==([0-9][\w.+]*)", cmd)]
-    assert docker == [pin]
-    assert aws == [pin]
+    assert _images()["ray"] == installed
 
 
 def test_python_of_the_image_is_supported():
@@ -204,7 +266,4 @@ def test_runtime_env_excludes_local_state():
     aws = yaml.safe_load((CLUSTER / "aws.yaml").read_text())
     assert aws["provider"] == {**aws["provider"], "type": "aws", "region": "us-west-2"}
     assert aws["available_node_types"][aws["head_node_type"]]["node_config"]["InstanceType"] == "m5.2xlarge"
-    assert aws["available_node_types"]["gpu_worker"]["node_config"]["InstanceType"] == "g5.xlarge"
-    assert aws["file_mounts"] == {"~/motioncrafter": "."}
-    assert aws["setup_commands"][-2:] == [f"pip install torch=={_makefile_torch()} --index-url https://download.pytorch.org/whl/cu121",
-                                          "pip install -e ~/motioncrafter"]
+    assert aws["available_node_types"]["gpu_worker"]["node_config"]["InstanceType"] == "g5.2xlarge"
