@@ -244,7 +244,10 @@ def write_parquet(table, uri: URI) -> None:
     import pyarrow.parquet as pq
 
     sink = pa.BufferOutputStream()
-    pq.write_table(table, sink)
+    if table.num_rows:
+        pq.write_table(table, sink)
+    else:  # the schema and no row group: a row group of 0 rows makes `datasets` fail on the whole load
+        pq.ParquetWriter(sink, table.schema).close()  # (it reads in batches of the first row group's size)
     write_bytes(uri, sink.getvalue().to_pybytes())
 
 
