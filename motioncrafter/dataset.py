@@ -9,7 +9,7 @@ and run.json. `export_dataset` joins them into one table, one row per video:
 
 and writes it as Parquet shards `<out>/data/train-00000-of-0000N.parquet` with a
 dataset card `<out>/README.md` whose YAML front matter the Hugging Face Hub and
-`datasets` understand. `video` (the MP4 bytes) is there only with embed_videos=True;
+`datasets` understand. `video` (the MP4 bytes, as `datasets`' `Video` feature) is there only with embed_videos=True;
 `video_uri` always points at the run's file. Both URIs may be any fsspec URI.
 
     motioncrafter dataset export runs/run-20250101-000000 datasets/shapes --embed-videos
@@ -32,7 +32,19 @@ log = logging.getLogger(__name__)
 _RESULT_KEYS = ("motion_id", "row", "k", "prompt", "seed", "video_uri", "gif_uri")
 _TEXT_COLUMNS = ("motion_id", "prompt", "reference_prompt", "video_uri", "gif_uri", "adapter_uri", "base_fingerprint", "mode")
 
-def export_dataset(run_uri: str, out_uri: str, embed_videos: bool = False, rows_per_shard: int = 1000) -> dict:
+# `datasets` and the Hub read a column's feature type from the Parquet schema's "huggingface" metadata
+# (and the Hub viewer from the card's `dataset_info.features`): `video` is their `Video` feature
+_HF_DTYPES = {"string": "string", "int64": "int64", "double": "float64"}
+
+
+def _hf_features(schema) -> dict:
+    """{"column": {"_type": ...}} as `datasets.Features.to_dict()` writes it, for the schema metadata."""
+    return {f.name: {"_type": "Video"} if f.name == "video" else {"dtype": _HF_DTYPES[str(f.type)], "_type": "Value"}
+            for f in schema}
+
+
+def export_dataset(run_uri: str, out_uri: str, embed_videos: bool = False, rows_per_shard: int = 1000,
+                   license: str = "other") -> dict:
     """Write the videos of the finished run at `run_uri` as a Parquet dataset under `out_uri`.
 
     Returns counts: run_id, motions, videos, shards, metrics (the metric column names),
@@ -47,25 +59,29 @@ def export_dataset(run_uri: str, out_uri: str, embed_videos: bool = False, rows_
     info = _read_run(run_uri)
     frame, metrics = _joined(run_uri)
 
+    video = pa.struct([("bytes", pa.binary()), ("path", pa.string())])  # datasets.Video's storage
     schema = pa.schema(
         [(name, pa.string()) for name in ("motion_id", "prompt")] + [("seed", pa.int64()), ("reference_prompt", pa.string())]
-        + ([("video", pa.binary())] if embed_videos else [])
+        + ([("video", video)] if embed_videos else [])
         + [(name, pa.string()) for name in ("video_uri", "gif_uri", "adapter_uri", "base_fingerprint", "mode")]
         + [(name, pa.float64()) for name in metrics]
     )
+    schema = schema.with_metadata({"huggingface": json.dumps({"info": {"features": _hf_features(schema)}})})
     total = len(frame)
     shards = max(1, math.ceil(total / rows_per_shard))
     names = [f"train-{i:05d}-of-{shards:05d}.parquet" for i in range(shards)]
     for i, name in enumerate(names):
         part = frame.iloc[i * rows_per_shard:(i + 1) * rows_per_shard]
         if embed_videos:
-            part = part.assign(video=[storage.read_bytes(uri) for uri in part["video_uri"]])
+            part = part.assign(video=[{"bytes": storage.read_bytes(uri), "path": f"{m}/{uri.rsplit('/', 1)[-1]}"}
+                                      for m, uri in zip(part["motion_id"], part["video_uri"])])
         table = pa.Table.from_pandas(part[schema.names], schema=schema, preserve_index=False)
         storage.write_parquet(table, storage.join(out_uri, "data", name))
     _remove_stale_shards(out_uri, set(names))
 
     counts = {"run_id": info.get("run_id", ""), "motions": int(frame["motion_id"].nunique()), "videos": total,
-              "shards": shards, "metrics": metrics, "embedded": bool(embed_videos), "out_uri": storage.redact(out_uri)}
+              "shards": shards, "metrics": metrics, "embedded": bool(embed_videos), "out_uri": storage.redact(out_uri),
+              "features": _hf_features(schema), "license": license}
     storage.write_bytes(storage.join(out_uri, "README.md"), dataset_card(info | {"output": run_uri}, frame, counts).encode())
     log.info("run %s: %d videos of %d motions -> %s (%d shards)", counts["run_id"], total, counts["motions"],
              storage.redact(out_uri), shards)
@@ -165,7 +181,12 @@ def dataset_card(info: dict, frame, counts: dict) -> str:
         "task_categories": ["text-to-video"],
         "tags": ["motioncrafter", "video", "synthetic"],
         "size_categories": [_size_category(counts["videos"])],
+        # the generated videos inherit the base model's terms: "other" unless the exporter names a license
+        "license": counts.get("license", "other"),
         "configs": [{"config_name": "default", "data_files": [{"split": "train", "path": "data/train-*.parquet"}]}],
+        "dataset_info": {"features": [{"name": name, "dtype": "video" if f["_type"] == "Video" else f["dtype"]}
+                                      for name, f in counts.get("features", {}).items()],
+                         "splits": [{"name": "train", "num_examples": counts["videos"]}]},
     }
     config = info.get("config") or {}
     tune, model = config.get("tune") or {}, config.get("model") or {}
@@ -173,7 +194,7 @@ def dataset_card(info: dict, frame, counts: dict) -> str:
     out = counts["out_uri"]
     files = f"{out}/data/*.parquet"
     video_line = (
-        "| `video` | the generated MP4 (H.264) as bytes |\n" if counts["embedded"] else ""
+        "| `video` | the generated MP4 (H.264), as `datasets`' `Video` feature (`bytes` + `path`) |\n" if counts["embedded"] else ""
     )
     metric_lines = "".join(
         f"| `{m}` | {VIDEO_METRICS.get(m, 'per-video metric computed by the run (float)')} |\n" for m in counts["metrics"]
@@ -275,12 +296,16 @@ def add_dataset_parser(subparsers) -> argparse.ArgumentParser:
     e.add_argument("out_uri", metavar="OUT_URI", help="dataset folder to write: path or fsspec URI")
     e.add_argument("--embed-videos", action="store_true", help="put the MP4 bytes in a `video` column (default: URIs only)")
     e.add_argument("--rows-per-shard", type=int, default=1000, metavar="N", help="videos per Parquet file (default: 1000)")
+    e.add_argument("--license", default="other", metavar="ID",
+                   help="the dataset card's license (a Hub license id, e.g. cc-by-4.0; default: other, as the videos "
+                        "follow the base model's terms)")
     e.set_defaults(func=cmd_dataset_export)
     return p
 
 
 def cmd_dataset_export(args) -> int:
-    counts = export_dataset(args.run_uri, args.out_uri, embed_videos=args.embed_videos, rows_per_shard=args.rows_per_shard)
+    counts = export_dataset(args.run_uri, args.out_uri, embed_videos=args.embed_videos, rows_per_shard=args.rows_per_shard,
+                            license=args.license)
     n = lambda count, noun: f"{count} {noun}{'' if count == 1 else 's'}"  # noqa: E731
     print(f"run {counts['run_id']}: {n(counts['videos'], 'video')} of {n(counts['motions'], 'motion')} -> {counts['out_uri']} "
           f"({n(counts['shards'], 'shard')}, videos {'embedded' if counts['embedded'] else 'by URI'})")

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+import pyarrow.parquet as pq
 import pytest
 import yaml
 
@@ -65,8 +66,9 @@ def test_export_reads_back_everywhere(run: Path, tmp_path: Path, embed: bool) ->
 
     out = tmp_path / "export"
     counts = export_dataset(str(run), str(out), embed_videos=embed, rows_per_shard=3)
-    assert counts | {"metrics": None} == {"run_id": "run-test", "motions": 2, "videos": 4, "shards": 2, "metrics": None,
-                                           "embedded": embed, "out_uri": str(out)}
+    assert counts | {"metrics": None, "features": None} == {
+        "run_id": "run-test", "motions": 2, "videos": 4, "shards": 2, "metrics": None, "features": None,
+        "embedded": embed, "out_uri": str(out), "license": "other"}
     assert counts["metrics"] == METRICS
     assert sorted(p.name for p in (out / "data").iterdir()) == ["train-00000-of-00002.parquet", "train-00001-of-00002.parquet"]
     expected = COLUMNS[:4] + (["video"] if embed else []) + COLUMNS[4:]
@@ -81,10 +83,15 @@ def test_export_reads_back_everywhere(run: Path, tmp_path: Path, embed: bool) ->
     assert set(df["base_fingerprint"]) == {"abc123"} and set(df["mode"]) == {"motioncrafter"}
     assert df["adapter_uri"].tolist() == [str(run / "adapters" / m) for m in ("orbit", "orbit", "zigzag", "zigzag")]
     assert df["seed"].tolist() == [11, 12, 11, 12] and df["leakage"].isna().tolist() == [False, True] * 2
-    if embed:
+    if embed:  # datasets' Video feature, as datasets itself reads it from the files
+        from datasets import Features, Video
+
+        assert isinstance(ds.features["video"], Video)
+        assert Features.from_arrow_schema(pq.read_schema(next((out / "data").iterdir())))["video"] == Video()
         files = _video_bytes(run)
-        assert all(bytes(b) == files[u] for b, u in zip(df["video"], df["video_uri"]))
-        assert all(bytes(r["video"]) == files[r["video_uri"]] for r in ds)
+        assert all(v["bytes"] == files[u] and v["path"].endswith(".mp4") for v, u in zip(df["video"], df["video_uri"]))
+        assert all(r["video"]["bytes"] == files[r["video_uri"]] for r in ds.cast_column("video", Video(decode=False)))
+    assert ds.features["seed"].dtype == "int64" and ds.features["prompt"].dtype == "string"
 
     with duckdb.connect() as con:
         assert con.execute(f"SELECT count(*) FROM '{out}/data/*.parquet'").fetchone()[0] == 4
@@ -94,6 +101,10 @@ def test_export_reads_back_everywhere(run: Path, tmp_path: Path, embed: bool) ->
     front = yaml.safe_load(card.split("---\n")[1])
     assert front["configs"] == [{"config_name": "default", "data_files": [{"split": "train", "path": "data/train-*.parquet"}]}]
     assert front["task_categories"] == ["text-to-video"]
+    assert front["license"] == "other"
+    features = {f["name"]: f["dtype"] for f in front["dataset_info"]["features"]}
+    assert list(features) == expected and features["seed"] == "int64" and features.get("video", "video") == "video"
+    assert front["dataset_info"]["splits"] == [{"name": "train", "num_examples": 4}]
     for text in ("run-test", "motions: 2", "videos (rows): 4", "`abc123`", "`motioncrafter`", "7 steps",
                  "flow_fidelity", "temporal_consistency", "load_dataset(\"parquet\"", "pd.read_parquet", "SELECT"):
         assert text in card
