@@ -264,11 +264,13 @@ def detach(base, name: str = "motion") -> None:
             params = dict(unet.named_parameters())
             for key, original in full.pop(name)["original"].items():
                 params[key].copy_(original)
+        getattr(unet, "_mc_weights", {}).pop(name, None)
         return
     if name not in lora_names(unet):
         raise AdapterError(f"no adapter named {name!r} is attached (attached: {sorted(lora_names(unet) | set(full))})")
     delete_lora(unet, name)
     getattr(unet, "_mc_lora_configs", {}).pop(name, None)
+    getattr(unet, "_mc_weights", {}).pop(name, None)
 
 
 def set_weights(base, weights: dict[str, float]) -> None:
@@ -288,6 +290,12 @@ def set_weights(base, weights: dict[str, float]) -> None:
     for layer in _tuner_layers(unet):
         for name in lora:
             layer.set_scale(name, weights[name])
+    unet._mc_weights = dict(weights)
+
+
+def active_weights(base) -> dict[str, float]:
+    """The adapters `set_weights` (or `attach`) made active last, with their weights."""
+    return dict(getattr(base.unet, "_mc_weights", {}))
 
 
 def _attach_full(unet: nn.Module, adapter: Adapter, name: str, scale: float) -> None:

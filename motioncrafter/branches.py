@@ -47,8 +47,15 @@ def branch_roots(unet: nn.Module, branch: str) -> list[str]:
     return roots
 
 
-def lora_targets(unet: nn.Module, branch: str) -> list[str]:
+# attention projections by their diffusers names (`Attention.to_q` ... `to_out.0`)
+_ATTENTION_LAYERS = {"qk": (".to_q", ".to_k"), "qkvo": (".to_q", ".to_k", ".to_v", ".to_out.0")}
+
+
+def lora_targets(unet: nn.Module, branch: str, layers: str = "all") -> list[str]:
     """Full names of the Linear / Conv layers inside `branch`: what LoRA is attached to.
+
+    `layers`: "all" of them, or only the attention projections: "qkvo" (query, key,
+    value, output) or "qk" (query and key: where attention looks, which is the motion).
 
     Temporal convolutions (Conv3d) are included: on ModelScope-style UNets they
     carry half of the temporal modelling. Left out: AnimateDiff motion modules'
@@ -65,12 +72,15 @@ def lora_targets(unet: nn.Module, branch: str) -> list[str]:
         if isinstance(module, AnimateDiffTransformer3D)
         for child in ("proj_in", "proj_out")
     }
+    if layers != "all" and layers not in _ATTENTION_LAYERS:
+        raise ValueError(f"unknown LoRA layer set {layers!r}; expected all, qkvo or qk")
     return [
         name
         for name, module in unet.named_modules()
         if isinstance(module, layer_types)
         and any(name.startswith(r + ".") for r in roots)
         and name not in keyword_called
+        and (layers == "all" or name.endswith(_ATTENTION_LAYERS[layers]))
     ]
 
 

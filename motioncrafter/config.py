@@ -17,6 +17,8 @@ from pathlib import Path
 
 import yaml
 
+from motioncrafter.modes import MODES as _MODES
+
 
 class ConfigError(ValueError):
     """A configuration value or key is wrong; the message names it by dotted path."""
@@ -84,9 +86,13 @@ class RenderConfig:
     max_batch: int = 16  # samples per denoising batch: the memory bound
     seeds: list[int] = field(default_factory=lambda: [0, 1])  # one video per prompt and seed; a sample is reproducible alone
     progress: bool = False  # progress bar over denoising steps
+    adapter_schedule: list[list[float]] = field(default_factory=list)  # [[from_share, scale], ...]: motion adapters' scale by share of denoising steps done; [] = constant
 
     def __post_init__(self) -> None:
         _check(self.scheduler in ("ddim", "dpm"), "render.scheduler", f"{self.scheduler!r} is not ddim or dpm")
+        starts = [p[0] for p in self.adapter_schedule if len(p) == 2]
+        _check(len(starts) == len(self.adapter_schedule) and starts == sorted(starts) and all(0 <= s < 1 for s in starts),
+               "render.adapter_schedule", f"must be [[from_share, scale], ...] with ascending shares in [0, 1), got {self.adapter_schedule}")
         _check(self.num_steps >= 1, "render.num_steps", f"must be >= 1, got {self.num_steps}")
         _check(self.max_batch >= 1, "render.max_batch", f"must be >= 1, got {self.max_batch}")
 
@@ -127,7 +133,9 @@ class EnhanceConfig:
         _check(0 <= self.swap_scene_prob <= 1, "enhance.swap_scene_prob", f"must be in [0, 1], got {self.swap_scene_prob}")
 
 
-MODES = ("motioncrafter", "temporal_only", "motiondirector", "full_finetune")
+MODES = tuple(_MODES)
+LORA_TARGETS = ("all", "qkvo", "qk")
+APP_LOSSES = ("output", "static", "stats")
 
 
 @dataclass
@@ -136,10 +144,16 @@ class AdapterConfig:
     rank: int = 8  # LoRA rank of the motion adapter
     alpha: float = 8.0  # LoRA alpha (scale = alpha / rank)
     spatial_rank: int = 8  # LoRA rank of the spatial path (discarded after tuning)
+    targets: str = "all"  # temporal LoRA layers: all (attention, feed-forward, temporal convs) | qkvo | qk (attention only)
 
     def __post_init__(self) -> None:
         _check(self.kind in ("lora", "full"), "adapter.kind", f"{self.kind!r} is not lora or full")
         _check(self.rank >= 1 and self.spatial_rank >= 1, "adapter.rank", "ranks must be >= 1")
+        _check(self.targets in LORA_TARGETS, "adapter.targets", f"{self.targets!r} is not one of {LORA_TARGETS}")
+
+
+def _check_range(value: list[float], where: str) -> None:
+    _check(len(value) == 2 and 0 <= value[0] < value[1] <= 1, where, f"must be [start, end] with 0 <= start < end <= 1, got {value}")
 
 
 @dataclass
@@ -152,6 +166,10 @@ class TuneConfig:
     spatial_lr: float = 1e-3  # spatial path
     weight_decay: float = 0.0  # AdamW weight decay
     lambda_app: float = 1.0  # weight of appearance normalization against the frozen base
+    app_loss: str = "output"  # output: whole prediction | static: its temporal mean only | stats: spatial-feature statistics
+    temporal_prompt: str = "clip"  # clip: L_tmp under the clip's prompt | enhanced: under the enhanced prompt, one pass shared with L_app
+    motion_timesteps: list[float] = field(default_factory=lambda: [0.0, 1.0])  # [start, end) share of the training schedule where L_tmp applies (1 = most noise)
+    appearance_timesteps: list[float] = field(default_factory=lambda: [0.0, 1.0])  # where L_app applies; a step draws t from the union of both
     beta: float = 1.0  # MotionDirector appearance-debiasing weight of the anchor frame
     num_frames: int = 8  # frames of the clip the adapter learns from
     batch: int = 1  # noise draws of the clip per step and rank
@@ -167,6 +185,10 @@ class TuneConfig:
         _check(self.mode in MODES, "tune.mode", f"{self.mode!r} is not one of {MODES}")
         _check(self.steps >= 1, "tune.steps", f"must be >= 1, got {self.steps}")
         _check(self.lambda_app >= 0, "tune.lambda_app", f"must be >= 0, got {self.lambda_app}")
+        _check(self.app_loss in APP_LOSSES, "tune.app_loss", f"{self.app_loss!r} is not one of {APP_LOSSES}")
+        _check(self.temporal_prompt in ("clip", "enhanced"), "tune.temporal_prompt", f"{self.temporal_prompt!r} is not clip or enhanced")
+        _check_range(self.motion_timesteps, "tune.motion_timesteps")
+        _check_range(self.appearance_timesteps, "tune.appearance_timesteps")
         _check(self.lr > 0 and self.spatial_lr > 0, "tune.lr", "learning rates must be > 0")
         _check(self.num_frames >= 2, "tune.num_frames", f"a motion needs >= 2 frames, got {self.num_frames}")
         _check(self.batch >= 1, "tune.batch", f"must be >= 1, got {self.batch}")

@@ -47,14 +47,18 @@ def score_video(
     reference_prompt: str,
     cfg: MetricsConfig = MetricsConfig(),
     clip_scorer=None,
+    reference_attributes: dict | None = None,
 ) -> dict[str, float]:
-    """Metrics of one generated video (uint8 (T, H, W, 3)) against the reference clip it imitates."""
+    """Metrics of one generated video (uint8 (T, H, W, 3)) against the reference clip it imitates.
+
+    The reference's colour / shape / background (for leakage) are read from its caption, or
+    given as `reference_attributes` when its caption leaves them out ("a circle moves in a zigzag")."""
     row = {
         "flow_fidelity": flow_fidelity(video, reference, cfg.flow_size),
         "flow_fidelity_invariant": flow_fidelity(video, reference, cfg.flow_size, invariant=True),
         "temporal_consistency": temporal_consistency(video, cfg.flow_size),
     }
-    asked, shown = parse_caption(prompt), parse_caption(reference_prompt)
+    asked, shown = parse_caption(prompt), reference_attributes or parse_caption(reference_prompt)
     if asked and shown:
         generated = observe(video)
         keys = ("colour", "shape", "background")

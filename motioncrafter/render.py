@@ -4,6 +4,11 @@ Many prompts x seeds in one call, classifier-free guidance with a negative
 prompt, DDIM or DPM-Solver++ (multistep). Each sample's starting noise comes
 from its own seed, so a sample is reproducible on its own, whatever batch it
 was rendered in.
+
+`cfg.adapter_schedule` scales the attached motion adapters per denoising step
+(timestep-layered rendering): the early, noisy steps decide the motion, the late
+ones the appearance, so e.g. `[[0, 1], [0.6, 0]]` lets the adapter shape the motion
+and leaves the appearance to the base.
 """
 
 from __future__ import annotations
@@ -12,14 +17,25 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
+from motioncrafter import adapters as ad
 from motioncrafter.base import BaseModel
 from motioncrafter.config import RenderConfig
+
 
 def make_scheduler(base: BaseModel, name: str):
     from diffusers import DDIMScheduler, DPMSolverMultistepScheduler
 
     cls = DDIMScheduler if name == "ddim" else DPMSolverMultistepScheduler
     return cls.from_config(base.scheduler.config)
+
+
+def schedule_scale(schedule: list[list[float]], share: float) -> float:
+    """The adapter scale factor `schedule` gives once `share` of the denoising steps are done."""
+    factor = 1.0
+    for start, scale in schedule:
+        if share >= start:
+            factor = scale
+    return factor
 
 
 def initial_noise(base: BaseModel, seeds: list[int], cfg: RenderConfig) -> torch.Tensor:
@@ -39,14 +55,23 @@ def denoise(base: BaseModel, prompts: list[str], noise: torch.Tensor, cfg: Rende
     guided = cfg.guidance_scale != 1.0
     text = base.encode_prompts(([cfg.negative_prompt] * len(prompts) if guided else []) + list(prompts))
     latents = noise * scheduler.init_noise_sigma
-    for t in tqdm(scheduler.timesteps, desc="denoise", disable=not cfg.progress, leave=False):
-        model_in = torch.cat([latents] * 2) if guided else latents
-        model_in = scheduler.scale_model_input(model_in, t)
-        pred = base.predict(model_in, t, text)
-        if guided:
-            uncond, cond = pred.chunk(2)
-            pred = uncond + cfg.guidance_scale * (cond - uncond)
-        latents = scheduler.step(pred, t, latents).prev_sample
+    weights = ad.active_weights(base) if cfg.adapter_schedule else {}
+    steps = scheduler.timesteps
+    try:
+        for i, t in enumerate(tqdm(steps, desc="denoise", disable=not cfg.progress, leave=False)):
+            if weights:
+                factor = schedule_scale(cfg.adapter_schedule, i / len(steps))
+                ad.set_weights(base, {name: w * factor for name, w in weights.items()})
+            model_in = torch.cat([latents] * 2) if guided else latents
+            model_in = scheduler.scale_model_input(model_in, t)
+            pred = base.predict(model_in, t, text)
+            if guided:
+                uncond, cond = pred.chunk(2)
+                pred = uncond + cfg.guidance_scale * (cond - uncond)
+            latents = scheduler.step(pred, t, latents).prev_sample
+    finally:
+        if weights:
+            ad.set_weights(base, weights)
     return latents
 
 

@@ -1,12 +1,12 @@
 """`tune_clip`: one reference clip -> one motion adapter.
 
-Every mode runs through the same loop; a mode only decides which adapters
-exist and which loss terms are on (see `losses` for the formulas):
+Every mode runs through the same loop; a mode (`motioncrafter.modes`) only
+decides which adapters exist and which loss terms are on (see `losses`):
 
   mode            trained                    loss terms
   motioncrafter   temporal LoRA + spatial    L_tmp + L_sp + lambda * L_app
   temporal_only   temporal LoRA              L_tmp
-  motiondirector  temporal LoRA + spatial    L_tmp (appearance-debiased) + L_sp
+  motiondirector  temporal LoRA + spatial    L_tmp + L_tmp(appearance-debiased) + L_sp
   full_finetune   the whole UNet             L_tmp
 
 The spatial path's LoRA sits in the temporal path too, frozen there (the
@@ -15,8 +15,12 @@ does not have to); it is thrown away after tuning. For L_app the frozen base is
 the same UNet with its adapters switched off (LoRA), or a frozen copy of the
 UNet when the temporal branch is tuned in full.
 
+Timestep-layered tuning: each term applies on its own range of the training
+schedule (`tune.motion_timesteps`, `tune.appearance_timesteps`); a step draws its
+timestep from the union, so with disjoint ranges a step pays for one term only.
+
 The base model is left exactly as it was: injected layers are removed and
-tuned weights restored when the call returns.
+tuned weights restored when the call returns; the caller's RNG state too.
 """
 
 from __future__ import annotations
@@ -37,6 +41,7 @@ from motioncrafter.base import BaseModel
 from motioncrafter.branches import branch_parameters, lora_targets
 from motioncrafter.config import AdapterConfig, EnhanceConfig, TuneConfig
 from motioncrafter.engines import make_engine
+from motioncrafter.modes import MODES, Mode
 from motioncrafter.prompts import enhance
 
 MOTION, SPATIAL = "_tune_motion", "_tune_spatial"
@@ -48,6 +53,7 @@ class TuneResult:
     history: list[dict] = field(default_factory=list)  # loss components every `log_every` steps
     seconds: float = 0.0
     peak_memory_bytes: int | None = None  # accelerator peak; None on CPU
+    snapshots: dict[int, ad.Adapter] = field(default_factory=dict)  # the adapter after each of `snapshot_at` steps
 
 
 def clip_hash(frames: np.ndarray) -> str:
@@ -67,23 +73,23 @@ def _frame_indices(frames: np.ndarray, num_frames: int) -> np.ndarray:
 class _Branches:
     """The trainable groups of one tuning run and how to switch them per forward pass."""
 
-    def __init__(self, base: BaseModel, mode: str, acfg: AdapterConfig, tcfg: TuneConfig):
+    def __init__(self, base: BaseModel, mode: Mode, acfg: AdapterConfig, tcfg: TuneConfig):
         unet = base.unet
         self.base = base
-        self.unet, self.mode, self.kind = unet, mode, "full" if mode == "full_finetune" else acfg.kind
+        self.unet, self.kind = unet, "full" if mode.trains_unet else acfg.kind
         self.frozen_copy = None
         self.lora: dict[str, dict] = {}
-        torch.manual_seed(tcfg.seed)  # LoRA initialisation
-        if mode == "full_finetune":
+        if mode.trains_unet:
             self.groups = {MOTION: dict(unet.named_parameters())}
         elif self.kind == "full":
-            if mode == "motioncrafter":  # a frozen base for L_app, before any weight moves
+            if mode.appearance_norm:  # a frozen base for L_app, before any weight moves
                 self.frozen_copy = copy.deepcopy(unet).requires_grad_(False)
             self.groups = {MOTION: branch_parameters(unet, "temporal")}
         else:
-            self.lora[MOTION] = ad.inject_lora(unet, MOTION, lora_targets(unet, "temporal"), acfg.rank, acfg.alpha)
+            targets = lora_targets(unet, "temporal", acfg.targets)
+            self.lora[MOTION] = ad.inject_lora(unet, MOTION, targets, acfg.rank, acfg.alpha)
             self.groups = {MOTION: {n: p for n, p in unet.named_parameters() if f".{MOTION}." in n}}
-        if mode in ("motioncrafter", "motiondirector"):
+        if mode.spatial_path:
             targets = lora_targets(unet, "spatial")
             self.lora[SPATIAL] = ad.inject_lora(unet, SPATIAL, targets, acfg.spatial_rank, acfg.spatial_rank)
             self.groups[SPATIAL] = {n: p for n, p in unet.named_parameters() if f".{SPATIAL}." in n}
@@ -153,11 +159,16 @@ def tune_clip(
     enhance_cfg: EnhanceConfig | None = None,
     subject: str | None = None,
     latents: torch.Tensor | None = None,
+    snapshot_at: tuple[int, ...] = (),
 ) -> TuneResult:
     """Learn the motion of `frames` (uint8 (T, H, W, 3)) captioned `prompt`; returns the motion adapter.
 
     `latents`: the clip's latents (C, T, h, w) as `base.encode_frames` gives them (the
     pipeline caches them at ingest); with them the VAE does not run again here.
+
+    `snapshot_at`: step counts after which a copy of the adapter is kept too
+    (`TuneResult.snapshots`); the learning rate is constant, so the snapshot after k
+    steps is the adapter a k-step run gives.
 
     Deterministic given `tune.seed`. Under torch.distributed (DeepSpeed engine,
     several ranks) every rank tunes the same clip with its own noise draws and
@@ -169,6 +180,7 @@ def tune_clip(
     idx = _frame_indices(frames, tune.num_frames)
     frames = frames[idx]
     enhance_cfg = enhance_cfg or EnhanceConfig()
+    mode = MODES[tune.mode]
     rank, world = _rank_and_world()
     started = time.time()
     if base.device.type == "cuda":
@@ -180,49 +192,129 @@ def tune_clip(
         x0 = base.encode_frames(frames[None]) if latents is None else torch.as_tensor(latents, device=base.device)[None, :, idx]
         x0 = x0.repeat(tune.batch, 1, 1, 1, 1)
         text = base.encode_prompts([prompt]).repeat(tune.batch, 1, 1)
-    branches = _Branches(base, tune.mode, adapter, tune)
-    engine = make_engine(unet, branches.param_groups(tune), tune)
-    gen = torch.Generator().manual_seed(tune.seed * 1_000_003 + rank)  # ranks draw different noise
-    prompt_rng = random.Random(tune.seed * 7919 + rank)
-    has_spatial, use_app = SPATIAL in branches.groups, tune.mode == "motioncrafter" and tune.lambda_app > 0
-    history: list[dict] = []
-    bar = tqdm(range(tune.steps), desc=f"tune {tune.mode}", disable=not tune.progress or rank != 0, leave=False)
-    try:
-        unet.train()
-        for step in bar:
-            noisy = losses.add_noise(base.scheduler, x0, gen)
-            zt, y, t = noisy.latents, noisy.target, noisy.timesteps
-            active = [MOTION, SPATIAL] if has_spatial else [MOTION]
-            pred = branches.forward(active, MOTION, zt, t, text)
-            if tune.mode == "motiondirector":
-                anchor = int(torch.randint(0, zt.shape[2], (1,), generator=gen))
-                parts = {"tmp": losses.denoising(losses.debias(pred, anchor, tune.beta), losses.debias(y, anchor, tune.beta))}
-            else:
-                parts = {"tmp": losses.denoising(pred, y)}
-            if has_spatial:
-                f = int(torch.randint(0, zt.shape[2], (1,), generator=gen))
-                one = slice(f, f + 1)
-                pred_f = branches.forward([SPATIAL], SPATIAL, zt[:, :, one], t, text)
-                parts["sp"] = losses.denoising(pred_f, y[:, :, one])
-            if use_app:
-                text_e = base.encode_prompts([enhance(prompt, prompt_rng, enhance_cfg, subject)] * tune.batch)
-                reference = branches.base_forward(zt, t, text_e)
-                parts["app"] = losses.appearance_normalization(branches.forward([MOTION], MOTION, zt, t, text_e), reference)
-            loss = parts["tmp"] + parts.get("sp", 0.0) + tune.lambda_app * parts.get("app", 0.0)
-            branches.enable_grads()
-            engine.backward(loss)
-            engine.step()
-            if step % tune.log_every == 0 or step == tune.steps - 1:
-                row = {"step": step, "loss": loss.item(), **{k: v.item() for k, v in parts.items()}}
-                history.append(row)
-                bar.set_postfix({k: f"{v:.4f}" for k, v in row.items() if k != "step"})
-        tensors = branches.export(engine.gather)
-    finally:
-        engine.close()
-        branches.restore()
-        unet.train(was_training)
+    # peft initialises LoRA and UNet3D draws dropout from the global RNG: seeded here for
+    # determinism, and the caller's RNG state is restored afterwards
+    with torch.random.fork_rng(devices=[base.device] if base.device.type == "cuda" else []):
+        torch.manual_seed(tune.seed)
+        branches = _Branches(base, mode, adapter, tune)
+        engine = make_engine(unet, branches.param_groups(tune), tune)
+        step_fn = _Step(base, branches, mode, tune, prompt, subject, enhance_cfg, rank)
+        history: list[dict] = []
+        snapshots: dict[int, ad.Adapter] = {}
+        bar = tqdm(range(tune.steps), desc=f"tune {tune.mode}", disable=not tune.progress or rank != 0, leave=False)
+        try:
+            unet.train()
+            for step in bar:
+                parts = step_fn(x0, text)
+                loss = sum(v * (tune.lambda_app if k == "app" else 1.0) for k, v in parts.items())
+                branches.enable_grads()
+                engine.backward(loss)
+                engine.step()
+                if step % tune.log_every == 0 or step == tune.steps - 1:
+                    row = {"step": step, "loss": loss.item(), **{k: v.item() for k, v in parts.items()}}
+                    history.append(row)
+                    bar.set_postfix({k: f"{v:.4f}" for k, v in row.items() if k != "step"})
+                if step + 1 in snapshot_at and step + 1 < tune.steps:
+                    snapshots[step + 1] = _adapter(branches.export(engine.gather), base, branches, tune, adapter, prompt, subject, frames,
+                                                   time.time() - started, world, steps=step + 1)
+            tensors = branches.export(engine.gather)
+        finally:
+            step_fn.close()
+            engine.close()
+            branches.restore()
+            unet.train(was_training)
 
     seconds = time.time() - started
+    result = _adapter(tensors, base, branches, tune, adapter, prompt, subject, frames, seconds, world, steps=tune.steps)
+    peak = torch.cuda.max_memory_allocated(base.device) if base.device.type == "cuda" else None
+    return TuneResult(result, history, seconds, peak, snapshots)
+
+
+class _Step:
+    """The loss terms of one optimizer step, for any mode (see the module docstring)."""
+
+    def __init__(self, base: BaseModel, branches: _Branches, mode: Mode, tune: TuneConfig, prompt: str,
+                 subject: str | None, enhance_cfg: EnhanceConfig, rank: int):
+        self.base, self.branches, self.mode, self.tune = base, branches, mode, tune
+        self.prompt, self.subject, self.enhance_cfg = prompt, subject, enhance_cfg
+        self.use_app = mode.appearance_norm and tune.lambda_app > 0
+        self.ranges = [tune.motion_timesteps] + ([tune.appearance_timesteps] if self.use_app else [])
+        self.num_train = base.scheduler.config.num_train_timesteps
+        self.gen = torch.Generator().manual_seed(tune.seed * 1_000_003 + rank)  # ranks draw different noise
+        self.prompt_rng = random.Random(tune.seed * 7919 + rank)
+        unets = [base.unet] + ([branches.frozen_copy] if branches.frozen_copy is not None else [])
+        self.stats = losses.SpatialStats(*unets) if self.use_app and tune.app_loss == "stats" else None
+
+    def __call__(self, x0: torch.Tensor, text: torch.Tensor) -> dict[str, torch.Tensor]:
+        tune, mode, branches = self.tune, self.mode, self.branches
+        noisy = losses.add_noise(self.base.scheduler, x0, self.gen, self.ranges)
+        zt, y, t = noisy.latents, noisy.target, noisy.timesteps
+        on_motion = losses.in_range(t, tune.motion_timesteps, self.num_train)
+        on_app = losses.in_range(t, tune.appearance_timesteps, self.num_train) if self.use_app else torch.zeros_like(on_motion)
+        spatial = mode.spatial_path and not (mode.spatial_skip and float(torch.rand(1, generator=self.gen)) < mode.spatial_skip)
+        active = [MOTION, SPATIAL] if spatial else [MOTION]
+        parts: dict[str, torch.Tensor] = {}
+        text_e = None
+        if on_app.any() or (self.use_app and tune.temporal_prompt == "enhanced"):
+            enhanced = enhance(self.prompt, self.prompt_rng, self.enhance_cfg, self.subject)
+            text_e = self.base.encode_prompts([enhanced] * len(t))
+
+        # the tuned model's passes: one shared by L_tmp and L_app under the enhanced prompt, or one each
+        if text_e is not None and tune.temporal_prompt == "enhanced":
+            rows = on_motion | on_app
+            pred = self._tuned(active, zt[rows], t[rows], text_e[rows], record=on_app.any())
+            if on_motion[rows].any():
+                parts["tmp"] = self._temporal(pred, y[rows], on_motion[rows])
+            app_rows, app_pred = rows, pred
+        else:
+            if on_motion.any():
+                pred = branches.forward(active, MOTION, zt[on_motion], t[on_motion], text[on_motion])
+                parts["tmp"] = self._temporal(pred, y[on_motion], torch.ones(int(on_motion.sum()), dtype=torch.bool))
+            if on_app.any():
+                app_rows = on_app
+                app_pred = self._tuned([MOTION], zt[on_app], t[on_app], text_e[on_app], record=True)
+        if spatial:
+            f = int(torch.randint(0, zt.shape[2], (1,), generator=self.gen))
+            one = slice(f, f + 1)
+            pred_f = branches.forward([SPATIAL], SPATIAL, zt[:, :, one], t, text)
+            parts["sp"] = losses.denoising(pred_f, y[:, :, one])
+        if on_app.any():
+            parts["app"] = losses.masked_mean(self._appearance(app_pred, zt[app_rows], t[app_rows], text_e[app_rows]),
+                                                                 on_app[app_rows])
+        return parts
+
+    def _tuned(self, active: list[str], zt, t, text, record: bool) -> torch.Tensor:
+        if self.stats is None or not record:
+            return self.branches.forward(active, MOTION, zt, t, text)
+        with self.stats.record():
+            return self.branches.forward(active, MOTION, zt, t, text)
+
+    def _temporal(self, pred: torch.Tensor, y: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        per_sample = losses.per_sample(pred, y)
+        if self.mode.debiased:
+            anchor = int(torch.randint(0, pred.shape[2], (1,), generator=self.gen))
+            beta = self.tune.beta
+            per_sample = per_sample + losses.per_sample(losses.debias(pred, anchor, beta), losses.debias(y, anchor, beta))
+        return losses.masked_mean(per_sample, mask)
+
+    def _appearance(self, pred: torch.Tensor, zt, t, text_e) -> torch.Tensor:
+        """Per-sample L_app of the tuned prediction against the frozen base on the same inputs."""
+        kind = self.tune.app_loss
+        if kind == "stats":
+            tuned = self.stats.take()
+            with self.stats.record():
+                self.branches.base_forward(zt, t, text_e)
+            return losses.appearance_stats(tuned, self.stats.take(), len(t))
+        reference = self.branches.base_forward(zt, t, text_e)
+        return losses.appearance_output(pred, reference) if kind == "output" else losses.appearance_static(pred, reference)
+
+    def close(self) -> None:
+        if self.stats is not None:
+            self.stats.remove()
+
+
+def _adapter(tensors, base: BaseModel, branches: _Branches, tune: TuneConfig, adapter: AdapterConfig, prompt: str,
+             subject: str | None, frames: np.ndarray, seconds: float, world: int, steps: int) -> ad.Adapter:
     meta = {
         "kind": branches.kind,
         "mode": tune.mode,
@@ -231,12 +323,10 @@ def tune_clip(
         "lora": branches.lora.get(MOTION),
         "rank": adapter.rank if branches.kind == "lora" else None,
         "targets": sorted(branches.lora[MOTION]["target_modules"]) if MOTION in branches.lora else sorted(tensors),
-        "tune_config": asdict(tune),
+        "tune_config": {**asdict(tune), "steps": steps},
         "adapter_config": asdict(adapter),
         "reference": {"prompt": prompt, "subject": subject, "clip_sha256": clip_hash(frames)},
         "train_seconds": round(seconds, 3),
         "world_size": world,
     }
-    peak = torch.cuda.max_memory_allocated(base.device) if base.device.type == "cuda" else None
-    return TuneResult(ad.Adapter(tensors, meta), history, seconds, peak)
-
+    return ad.Adapter(tensors, meta)

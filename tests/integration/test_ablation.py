@@ -1,12 +1,12 @@
-"""The ablation in its reduced form: orderings that the full table shows, checked on a small fixed set.
+"""The ablation in its reduced form: the same code path as `benchmarks/ablation.py`, on a small set.
 
-`python benchmarks/ablation.py` is the full form (8 clips x 4 prompts x 2 seeds,
-200 steps, benchmarks/results/ablation.md). Here: the shipped base, one held-out
-motion (zigzag, which the base never saw), two prompts that change the colour and
-the shape, two seeds, a short budget; the same code path as the full run. Only
-orderings that the full table shows and that hold here too are asserted: with a
-base that follows the prompt, 60 steps on one clip leave leakage at the base's
-level for every mode here, so the leakage orderings are left to the full table.
+`python benchmarks/ablation.py` is the full form (test clips, both caption protocols,
+three budgets; benchmarks/results/ablation.md). Here: one dev clip with a held-out
+motion (zigzag, which the base never saw), captioned without its colour and
+background, two evaluation prompts x two seeds, a short budget. Asserted: only what
+the full table shows with a wide margin. An inert adapter (learning rate ~0: LoRA B
+stays at zero, the adapter is all zeros) is run through the same assertions and
+must fail them, so they cannot pass by accident.
 """
 
 from __future__ import annotations
@@ -20,26 +20,33 @@ import pytest
 pytestmark = pytest.mark.slow
 
 BENCHMARKS = Path(__file__).resolve().parents[2] / "benchmarks"
+MARGIN = 0.05  # fidelity above the base's that counts as "carries the motion"
 
 
 @pytest.fixture(scope="module")
 def table():
-    # importable by name: each mode runs in a spawned process, which imports the script's module again
+    # importable by name: each job runs in a spawned process, which imports the script's module again
     sys.path.insert(0, str(BENCHMARKS))
     ablation = importlib.import_module("ablation")
-    args = ablation.parse_args(["--clips", "1", "--prompts", "2", "--seeds", "2", "--steps", "60", "--render-steps", "10",
-                                "--modes", "base", "motioncrafter", "full_finetune", "--threads", "2"])
+    args = ablation.parse_args([
+        "--split", "dev", "--clips", "1", "--protocols", "vague", "--prompts", "2", "--steps", "80",
+        "--render-steps", "10", "--procs", "2", "--threads", "1",
+        "--variant", "base", "--variant", "motioncrafter", "--variant", "inert=motioncrafter;tune.lr=1e-12",
+    ])
     _, summary = ablation.run(args)
     print(summary.to_string())
-    return summary.set_index("mode")
+    return summary.set_index("variant")
 
 
-def test_full_finetuning_copies_the_motion(table) -> None:
-    """The whole UNet tuned on one clip reproduces its motion (trajectory and optical flow)."""
-    assert table.loc["full_finetune", "motion fidelity (all)"] > table.loc["base", "motion fidelity (all)"]
-    assert table.loc["full_finetune", "flow fidelity (all)"] > table.loc["base", "flow fidelity (all)"]
+def carries_the_motion(table, variant: str) -> bool:
+    return table.loc[variant, "motion fidelity (all)"] > table.loc["base", "motion fidelity (all)"] + MARGIN
+
+
+def test_motioncrafter_carries_the_motion_and_an_inert_adapter_does_not(table) -> None:
+    assert carries_the_motion(table, "motioncrafter")
+    assert not carries_the_motion(table, "inert")
 
 
 def test_motioncrafter_keeps_the_prompted_appearance(table) -> None:
-    """Disentangled tuning leaves the base's prompt-following appearance intact."""
-    assert table.loc["motioncrafter", "appearance acc"] >= table.loc["base", "appearance acc"]
+    """Disentangled tuning leaves the base's prompt-following appearance (nearly) intact."""
+    assert table.loc["motioncrafter", "appearance acc"] >= 0.9 * table.loc["base", "appearance acc"]

@@ -18,6 +18,7 @@ from motioncrafter.branches import (
     trainable_by_branch,
 )
 from motioncrafter.config import AdapterConfig
+from motioncrafter.modes import MODES
 from motioncrafter.trainer import MOTION, SPATIAL, _Branches
 
 pytestmark = pytest.mark.filterwarnings("ignore:Already found a `peft_config` attribute")
@@ -144,7 +145,7 @@ def test_trainer_branches_land_in_their_branch(base, family, mc):
     """The trainer's own groups: temporal LoRA -> temporal branch, spatial LoRA -> spatial branch."""
     unet = base.unet
     before = mc.snapshot(unet)
-    branches = _Branches(base, "motioncrafter", AdapterConfig(rank=2, spatial_rank=2), mc.tune_cfg())
+    branches = _Branches(base, MODES["motioncrafter"], AdapterConfig(rank=2, spatial_rank=2), mc.tune_cfg())
     try:
         for p in unet.parameters():
             p.requires_grad_(False)

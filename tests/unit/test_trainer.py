@@ -270,10 +270,11 @@ def test_every_group_is_trained(bases, clip, mc, monkeypatch, mode, kind, lambda
 def test_gradients_reach_only_their_branch(fresh_base, mc, kind):
     """L_tmp trains the temporal adapter only (the spatial LoRA is on but frozen in that pass);
     L_sp trains the spatial LoRA only; L_app trains the temporal adapter only."""
+    from motioncrafter.modes import MODES
     from motioncrafter.trainer import MOTION, SPATIAL, _Branches
 
     base = fresh_base("animatediff")
-    branches = _Branches(base, "motioncrafter", AdapterConfig(kind=kind, rank=2, spatial_rank=2), mc.tune_cfg())
+    branches = _Branches(base, MODES["motioncrafter"], AdapterConfig(kind=kind, rank=2, spatial_rank=2), mc.tune_cfg())
     latents, t, text = mc.unet_inputs(base)
 
     def grads_after(passes) -> dict[str, bool]:

@@ -1,0 +1,37 @@
+"""Tuning modes as data: what each one trains and which loss terms it uses.
+
+  mode            trains                     temporal loss            spatial path   appearance norm.
+  motioncrafter   temporal branch            plain                    yes            yes
+  temporal_only   temporal branch            plain                    no             no
+  motiondirector  temporal branch            plain + debiased         yes (off 20%)  no
+  full_finetune   the whole UNet             plain                    no             no
+
+MotionDirector's published recipe (its train.py): the temporal loss is the plain
+denoising loss plus the appearance-debiased one, and on 20% of the steps the spatial
+LoRA is masked and its loss skipped (`spatial_skip`).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class Mode:
+    name: str
+    trains_unet: bool = False  # the whole UNet, not just the temporal branch
+    spatial_path: bool = False  # a spatial LoRA tuned on single frames, discarded after tuning
+    debiased: bool = False  # add MotionDirector's appearance-debiased temporal loss
+    spatial_skip: float = 0.0  # share of steps on which the spatial LoRA is masked and not tuned
+    appearance_norm: bool = False  # appearance normalization against the frozen base
+
+
+MODES: dict[str, Mode] = {
+    m.name: m
+    for m in (
+        Mode("motioncrafter", spatial_path=True, appearance_norm=True),
+        Mode("temporal_only"),
+        Mode("motiondirector", spatial_path=True, debiased=True, spatial_skip=0.2),
+        Mode("full_finetune", trains_unet=True),
+    )
+}

@@ -1,0 +1,182 @@
+"""The disentanglement switches: which parameters each loss term reaches, the static term's
+frame-constant gradient, timestep-layered tuning, snapshots, LoRA target sets, and the
+render-time adapter schedule."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from motioncrafter import adapters as ad
+from motioncrafter import losses
+from motioncrafter.branches import lora_targets
+from motioncrafter.config import AdapterConfig, ConfigError, EnhanceConfig, RenderConfig, TuneConfig
+from motioncrafter.modes import MODES
+from motioncrafter.render import render, schedule_scale
+from motioncrafter.trainer import MOTION, SPATIAL, _Branches, _Step, tune_clip
+
+pytestmark = pytest.mark.filterwarnings(
+    "ignore:Already found a `peft_config` attribute",
+    "ignore:Converting a tensor with requires_grad=True to a scalar",
+)
+
+
+def test_static_term_gradient_has_no_frame_varying_part():
+    g = torch.Generator().manual_seed(0)
+    pred = torch.randn(2, 4, 8, 5, 5, generator=g, requires_grad=True)
+    base = torch.randn(2, 4, 8, 5, 5, generator=g)
+    losses.appearance_static(pred, base).sum().backward()
+    assert pred.grad.abs().sum() > 0
+    assert pred.grad.std(dim=2).max() < 1e-7  # the same gradient on every frame
+    # the whole-output comparison does have a frame-varying part (so the check above can fail)
+    pred.grad = None
+    losses.appearance_output(pred, base).sum().backward()
+    assert pred.grad.std(dim=2).max() > 1e-4
+
+
+@pytest.mark.parametrize("app_loss", ["output", "static", "stats"])
+@pytest.mark.parametrize("temporal_prompt", ["clip", "enhanced"])
+def test_each_term_reaches_only_its_branch(fresh_base, clip, mc, app_loss, temporal_prompt):
+    base = fresh_base("unet3d")
+    tune = mc.tune_cfg(app_loss=app_loss, temporal_prompt=temporal_prompt)
+    branches = _Branches(base, MODES["motioncrafter"], AdapterConfig(rank=2, spatial_rank=2), tune)
+    step = _Step(base, branches, MODES["motioncrafter"], tune, clip.caption, None, EnhanceConfig(), 0)
+    try:
+        with torch.no_grad():
+            # LoRA B starts at zero, where the tuned model equals the base and L_app has no gradient
+            for params in branches.groups.values():
+                for name, p in params.items():
+                    if "lora_B" in name:
+                        p.normal_(0, 0.05, generator=torch.Generator().manual_seed(len(name)))
+            x0 = base.encode_frames(clip.frames[None])
+            text = base.encode_prompts([clip.caption])
+        parts = step(x0, text)
+        assert set(parts) == {"tmp", "sp", "app"}
+        reached = {}
+        for name, term in parts.items():
+            for params in branches.groups.values():
+                for p in params.values():
+                    p.grad = None
+            branches.enable_grads()
+            term.backward(retain_graph=True)
+            reached[name] = {g for g, ps in branches.groups.items() if any(p.grad is not None and p.grad.abs().sum() > 0 for p in ps.values())}
+        assert reached == {"tmp": {MOTION}, "sp": {SPATIAL}, "app": {MOTION}}
+    finally:
+        step.close()
+        branches.restore()
+
+
+def test_stats_term_is_zero_against_itself_and_reads_spatial_modules(fresh_base, clip, mc):
+    """Before any weight moves, the tuned model is the base: the stats distance is 0; hooks record
+    one (mean, std) per frame and channel of every Transformer2DModel."""
+    from diffusers.models.transformers.transformer_2d import Transformer2DModel
+
+    base = fresh_base("unet3d")
+    stats = losses.SpatialStats(base.unet)
+    latents, t, text = mc.unet_inputs(base)
+    with torch.no_grad(), stats.record():
+        base.predict(latents, t, text)
+    first = stats.take()
+    with torch.no_grad():
+        base.predict(latents, t, text)  # not recording
+    assert stats.take() == []
+    with torch.no_grad(), stats.record():
+        base.predict(latents, t, text)
+    second = stats.take()
+    stats.remove()
+    n_modules = sum(isinstance(m, Transformer2DModel) for m in base.unet.modules())
+    assert len(first) == n_modules and first[0].shape[0] == latents.shape[0] * latents.shape[2] and first[0].shape[-1] == 2
+    assert torch.equal(losses.appearance_stats(first, second, 2), torch.zeros(2))
+
+
+def test_timesteps_drawn_from_ranges_and_split_terms(bases, clip, mc):
+    sched = bases["unet3d"].scheduler
+    n = sched.config.num_train_timesteps
+    allowed = losses.allowed_timesteps(n, [[0.7, 1.0]])
+    assert allowed.min() == int(0.7 * n) and allowed.max() == n - 1
+    g = torch.Generator().manual_seed(0)
+    noisy = losses.add_noise(sched, torch.zeros(64, 4, 2, 4, 4), g, [[0.0, 0.2], [0.8, 1.0]])
+    assert ((noisy.timesteps < 0.2 * n) | (noisy.timesteps >= 0.8 * n)).all()
+
+    # disjoint ranges: every step pays for exactly one of L_tmp and L_app
+    cfg = mc.tune_cfg(steps=12, log_every=1, motion_timesteps=[0.5, 1.0], appearance_timesteps=[0.0, 0.5])
+    history = tune_clip(bases["unet3d"], clip.frames, clip.caption, cfg).history
+    assert all(("tmp" in row) != ("app" in row) for row in history)
+    assert any("tmp" in row for row in history) and any("app" in row for row in history)
+
+
+def test_snapshot_equals_a_shorter_run(bases, clip, mc):
+    long = tune_clip(bases["unet3d"], clip.frames, clip.caption, mc.tune_cfg(mode="temporal_only", steps=3), snapshot_at=(2,))
+    short = tune_clip(bases["unet3d"], clip.frames, clip.caption, mc.tune_cfg(mode="temporal_only", steps=2))
+    assert set(long.snapshots) == {2}
+    assert mc.as_bytes(long.snapshots[2].tensors) == mc.as_bytes(short.adapter.tensors)
+    assert mc.as_bytes(long.adapter.tensors) != mc.as_bytes(short.adapter.tensors)
+    assert long.snapshots[2].meta["tune_config"]["steps"] == 2
+
+
+def test_tune_clip_leaves_the_global_rng_alone(bases, clip, mc):
+    torch.manual_seed(123)
+    expected = torch.rand(3)
+    torch.manual_seed(123)
+    tune_clip(bases["unet3d"], clip.frames, clip.caption, mc.tune_cfg(mode="temporal_only", steps=1))
+    assert torch.equal(torch.rand(3), expected)
+
+
+def test_motiondirector_masks_the_spatial_path_on_some_steps(bases, clip, mc):
+    history = tune_clip(bases["unet3d"], clip.frames, clip.caption, mc.tune_cfg(mode="motiondirector", steps=20, log_every=1)).history
+    skipped = sum("sp" not in row for row in history)
+    assert 0 < skipped < 20  # about 20% of the steps
+
+
+@pytest.mark.parametrize("layers, suffixes", [("qk", (".to_q", ".to_k")), ("qkvo", (".to_q", ".to_k", ".to_v", ".to_out.0"))])
+def test_lora_target_sets(bases, family, layers, suffixes):
+    unet = bases[family].unet
+    every = lora_targets(unet, "temporal")
+    subset = lora_targets(unet, "temporal", layers)
+    assert subset and set(subset) < set(every)
+    assert all(name.endswith(suffixes) for name in subset)
+    assert {s for name in subset for s in suffixes if name.endswith(s)} == set(suffixes)
+    with pytest.raises(ValueError, match="unknown LoRA layer set"):
+        lora_targets(unet, "temporal", "everything")
+
+
+def test_config_checks_the_new_switches():
+    with pytest.raises(ConfigError, match="tune.app_loss"):
+        TuneConfig(app_loss="pixels")
+    with pytest.raises(ConfigError, match="tune.motion_timesteps"):
+        TuneConfig(motion_timesteps=[0.8, 0.2])
+    with pytest.raises(ConfigError, match="adapter.targets"):
+        AdapterConfig(targets="v")
+    with pytest.raises(ConfigError, match="render.adapter_schedule"):
+        RenderConfig(adapter_schedule=[[0.5, 1.0], [0.2, 0.0]])
+
+
+def test_schedule_scale():
+    schedule = [[0.0, 1.0], [0.6, 0.25]]
+    assert [schedule_scale(schedule, s) for s in (0.0, 0.59, 0.6, 0.99)] == [1.0, 1.0, 0.25, 0.25]
+    assert schedule_scale([[0.5, 0.0]], 0.1) == 1.0  # before the first entry: unscaled
+
+
+def test_render_schedule_changes_the_adapter_scale_per_step(bases, tuned, mc):
+    """With [[0, 1], [0.5, 0]] the adapter runs at its scale for the first half of the steps and is
+    off for the rest; afterwards its scale is as it was. The videos differ from a constant scale."""
+    base = bases["unet3d"]
+    adapter = tuned("unet3d").adapter
+    ad.attach(base, adapter, "motion", scale=0.8)
+    layer = next(m for m in base.unet.modules() if hasattr(m, "scaling") and "motion" in getattr(m, "scaling", {}))
+    seen = []
+    hook = layer.register_forward_pre_hook(lambda m, args: seen.append((m.scaling["motion"], "motion" in m.active_adapters)))
+    try:
+        cfg = RenderConfig(num_steps=4, guidance_scale=1.0, num_frames=4, height=16, width=16, adapter_schedule=[[0, 1], [0.5, 0]])
+        scheduled = render(base, ["a red circle moves upward on a black background"], [0], cfg)
+        per_step = [(round(s * a, 6)) for s, a in seen]
+        assert per_step == [round(0.8 * adapter.meta["lora"]["lora_alpha"] / adapter.meta["lora"]["r"], 6)] * 2 + [0.0] * 2
+        assert ad.active_weights(base) == {"motion": 0.8}
+        seen.clear()
+        constant = render(base, ["a red circle moves upward on a black background"], [0], RenderConfig(
+            num_steps=4, guidance_scale=1.0, num_frames=4, height=16, width=16))
+        assert len({round(s, 6) for s, _ in seen}) == 1
+        assert not (scheduled == constant).all()
+    finally:
+        hook.remove()
+        ad.detach(base, "motion")
