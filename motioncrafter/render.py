@@ -15,11 +15,11 @@ from __future__ import annotations
 
 import numpy as np
 import torch
-from tqdm.auto import tqdm
 
 from motioncrafter import adapters as ad
 from motioncrafter.base import BaseModel
 from motioncrafter.config import RenderConfig
+from motioncrafter.progress import progress
 
 
 def make_scheduler(base: BaseModel, name: str):
@@ -58,7 +58,7 @@ def denoise(base: BaseModel, prompts: list[str], noise: torch.Tensor, cfg: Rende
     weights = ad.active_weights(base) if cfg.adapter_schedule else {}
     steps = scheduler.timesteps
     try:
-        for i, t in enumerate(tqdm(steps, desc="denoise", disable=not cfg.progress, leave=False)):
+        for i, t in enumerate(progress(steps, desc="denoise", disable=not cfg.progress, leave=False)):
             if weights:
                 factor = schedule_scale(cfg.adapter_schedule, i / len(steps))
                 ad.set_weights(base, {name: w * factor for name, w in weights.items()})

@@ -33,7 +33,6 @@ from dataclasses import asdict, dataclass, field
 
 import numpy as np
 import torch
-from tqdm.auto import tqdm
 
 from motioncrafter import adapters as ad
 from motioncrafter import losses
@@ -42,6 +41,7 @@ from motioncrafter.branches import branch_parameters, lora_targets
 from motioncrafter.config import AdapterConfig, EnhanceConfig, TuneConfig
 from motioncrafter.engines import make_engine
 from motioncrafter.modes import MODES, Mode
+from motioncrafter.progress import progress
 from motioncrafter.prompts import enhance
 
 MOTION, SPATIAL = "_tune_motion", "_tune_spatial"
@@ -201,7 +201,7 @@ def tune_clip(
         step_fn = _Step(base, branches, mode, tune, prompt, subject, enhance_cfg, rank)
         history: list[dict] = []
         snapshots: dict[int, ad.Adapter] = {}
-        bar = tqdm(range(tune.steps), desc=f"tune {tune.mode}", disable=not tune.progress or rank != 0, leave=False)
+        bar = progress(range(tune.steps), desc=f"tune {tune.mode}", disable=not tune.progress or rank != 0, leave=False)
         try:
             unet.train()
             for step in bar:

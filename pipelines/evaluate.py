@@ -14,11 +14,11 @@ from dataclasses import dataclass, field
 
 import numpy as np
 import ray
-from tqdm.auto import tqdm
 
 from motioncrafter.config import Config
 from motioncrafter.evaluate import score_video, summarize
 from motioncrafter.metrics import ClipScorer
+from motioncrafter.progress import progress
 from motioncrafter.runformat import Failure
 from pipelines.ingest import load_frames
 from pipelines.manifest import ManifestRow
@@ -81,7 +81,7 @@ def evaluate(rendered: ray.data.Dataset, total: int, cfg: Config) -> EvaluateRes
     ds = rendered.map_batches(Evaluator, fn_constructor_args=(cfg,), batch_size=1,
                               compute=ray.data.ActorPoolStrategy(size=min(cfg.pipeline.evaluate_concurrency, total)), num_cpus=1)
     results, motions, failures = [], [], []
-    for out in tqdm(ds.iter_rows(), total=total, desc="render + evaluate", unit="motion"):
+    for out in progress(ds.iter_rows(), total=total, desc="render + evaluate", unit="motion"):
         row = ManifestRow(**json.loads(out["row_json"]))
         if out["error"]:
             failures.append(Failure(row.motion_id, row.row, out["stage"], out["error"]))

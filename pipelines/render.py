@@ -15,11 +15,11 @@ import time
 
 import numpy as np
 import ray
-from tqdm.auto import tqdm
 
 from motioncrafter.adapters import attach, detach, load_adapter
 from motioncrafter.base import open_base
 from motioncrafter.config import Config
+from motioncrafter.progress import progress
 from motioncrafter.render import render_grid
 from motioncrafter.runformat import Failure, RunLayout
 from motioncrafter.video import VideoError, frame_grid, read_video, write_gif, write_mp4, write_png
@@ -118,7 +118,9 @@ def render_motions(clips: list[Clip], adapters: dict[str, dict], layout: RunLayo
 def write_renders(rendered: ray.data.Dataset, total: int) -> tuple[int, list[Failure]]:
     """Run a render dataset for its files alone (`motioncrafter render`): videos written, render failures."""
     videos, failures = 0, []
-    for out in tqdm(rendered.iter_rows(), total=total, desc="render", unit="motion"):
+    # only what is counted here reaches the driver: the frames stay in the object store
+    rows = rendered.select_columns(["row_json", "uris_json", "error"]).iter_rows()
+    for out in progress(rows, total=total, desc="render", unit="motion"):
         row = ManifestRow(**json.loads(out["row_json"]))
         if out["error"]:
             failures.append(Failure(row.motion_id, row.row, STAGE, out["error"]))
