@@ -239,6 +239,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--split", choices=tuple(SPLITS), default="test")
     p.add_argument("--protocols", nargs="+", choices=tuple(CAPTION_LEVELS), default=["vague", "full"])
     p.add_argument("--clips", type=int, default=0, help="the first N clips of the split (0 = all)")
+    p.add_argument("--clip", type=int, action="append", dest="clip_ids", help="only this clip of the split (repeatable)")
     p.add_argument("--prompts", type=int, default=4)
     p.add_argument("--steps", type=int, nargs="+", default=[100, 200, 400], help="tuning budgets (one run, snapshots)")
     p.add_argument("--render-steps", type=int, default=25)
@@ -252,12 +253,16 @@ def parse_args(argv=None) -> argparse.Namespace:
     return args
 
 
+def selected_clips(args: argparse.Namespace) -> list[int]:
+    return list(args.clip_ids or range(len(SPLITS[args.split]["clips"]))[: args.clips or None])
+
+
 def run(args: argparse.Namespace):
     import multiprocessing as mp
 
     import pandas as pd
 
-    clips = range(len(SPLITS[args.split]["clips"]))[: args.clips or None]
+    clips = selected_clips(args)
     jobs = [(v, args.split, c, CAPTION_LEVELS[p][c % len(CAPTION_LEVELS[p])], args)
             for p in args.protocols for c in clips for v in args.variants]
     jobs.sort(key=lambda j: parse_variant(j[0])[1] == "base")  # the cheap base jobs last, to fill the pool's tail
@@ -284,11 +289,11 @@ def main(argv=None) -> None:
     command = "python benchmarks/ablation.py " + " ".join(
         [f"--split {args.split}", "--protocols " + " ".join(args.protocols), "--steps " + " ".join(map(str, args.steps)),
          f"--prompts {args.prompts}", f"--render-steps {args.render_steps}", f"--procs {args.procs} --threads {args.threads}"]
-        + ([f"--clips {args.clips}"] if args.clips else [])
+        + ([f"--clips {args.clips}"] if args.clips else []) + [f"--clip {c}" for c in args.clip_ids or []]
         + [f"--variant '{v}'" for v in args.variants if v not in ("base", *MODES)])
     text = "\n".join([
         f"# Ablation on MovingShapes ({args.split} clips)", "",
-        f"{len(SPLITS[args.split]['clips'][: args.clips or None])} reference clips x {args.prompts} evaluation prompts x "
+        f"{len(selected_clips(args))} reference clips x {args.prompts} evaluation prompts x "
         f"{len(SPLITS[args.split]['render_seeds'])} seeds, budgets {args.steps} tuning steps, DDIM {args.render_steps} "
         f"steps, guidance 4. Wall time {wall / 60:.1f} min on this machine ({args.procs} processes x {args.threads} threads).",
         f"Base: fingerprint `{fingerprint_folder(args.base)}`. Command: `{command}`", "",

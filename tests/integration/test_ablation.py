@@ -2,8 +2,8 @@
 
 `python benchmarks/ablation.py` is the full form (test clips, both caption protocols,
 three budgets; benchmarks/results/ablation.md). Here: one dev clip with a held-out
-motion (zigzag, which the base never saw), captioned without its colour and
-background, two evaluation prompts x two seeds, a short budget. Asserted: only what
+motion (circle, which the base never saw), captioned without its appearance
+("a shape moves in a circle"), two evaluation prompts x two seeds, a short budget. Asserted: only what
 the full table shows with a wide margin. An inert adapter (learning rate ~0: LoRA B
 stays at zero, the adapter is all zeros) is run through the same assertions and
 must fail them, so they cannot pass by accident.
@@ -29,7 +29,7 @@ def table():
     sys.path.insert(0, str(BENCHMARKS))
     ablation = importlib.import_module("ablation")
     args = ablation.parse_args([
-        "--split", "dev", "--clips", "1", "--protocols", "vague", "--prompts", "2", "--steps", "80",
+        "--split", "dev", "--clip", "1", "--protocols", "vague", "--prompts", "2", "--steps", "100",
         "--render-steps", "10", "--procs", "2", "--threads", "1",
         "--variant", "base", "--variant", "motioncrafter", "--variant", "inert=motioncrafter;tune.lr=1e-12",
     ])

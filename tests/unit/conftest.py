@@ -73,6 +73,7 @@ def fresh_base():
 def tune_cfg(**kw) -> TuneConfig:
     kw.setdefault("steps", 2)
     kw.setdefault("progress", False)
+    kw.setdefault("lambda_app", 1.0)  # the whole objective (the default switches L_app off): every term is exercised
     return TuneConfig(**kw)
 
 

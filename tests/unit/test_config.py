@@ -177,3 +177,11 @@ def test_missing_and_unparsable_files(tmp_path):
     top.write_text("- 1\n- 2\n")
     with pytest.raises(ConfigError, match="top level must be a table"):
         load_config(top)
+
+
+def test_exponent_floats_from_the_command_line() -> None:
+    """YAML 1.1 reads "1e-4" as a string; a float field takes it as the number it is."""
+    assert load_config(None, ["tune.lr=1e-4"]).tune.lr == 1e-4
+    assert load_config(None, ["tune.spatial_lr=2E+0"]).tune.spatial_lr == 2.0
+    with pytest.raises(ConfigError, match="tune.lr"):
+        load_config(None, ["tune.lr=fast"])
