@@ -18,10 +18,11 @@ install: $(STAMP)
 # The demo: the whole pipeline (Ray embedded on this machine) over six MovingShapes reference clips,
 # five of them with motions the shipped base never saw -> runs/demo/ (report.html, Parquet tables).
 demo: $(STAMP)
-	$(PY) -m motioncrafter.cli run --manifest manifests/demo.jsonl --output runs --run-id demo --config manifests/demo.toml
+	$(PY) -m motioncrafter_cli run --manifest manifests/demo.jsonl --output runs --run-id demo --config manifests/demo.toml
 
 test: $(STAMP)
 	@command -v chromium >/dev/null || { [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null && apt-get update -qq && apt-get install -y -qq chromium >/dev/null; } || echo "no chromium: the browser test of report.html is skipped"
+	$(PY) -m mypy  # both packages, configured in pyproject.toml (a few seconds: heavy libraries are not followed)
 	$(PY) -m pytest -q -p no:cacheprovider tests
 
 pretrain: $(STAMP)

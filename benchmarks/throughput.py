@@ -31,7 +31,7 @@ from motioncrafter.toyworld import BASE_DIR
 from motioncrafter.toyworld.world import HELD_OUT_MOTIONS, sample_specs, write_clips
 from pipelines.ingest import ingest
 from pipelines.manifest import load_manifest
-from pipelines.train import train
+from pipelines.train import AdapterOutcome, train
 
 
 def timed_train(clips, output: str, run_id: str, cfg) -> dict:
@@ -40,14 +40,14 @@ def timed_train(clips, output: str, run_id: str, cfg) -> dict:
     result = train(clips, layout, cfg)
     wall = time.time() - started
     workers = cfg.pipeline.num_gangs * cfg.pipeline.workers_per_gang
-    outcomes = [o for o in result.adapters.values() if o.get("trained")]
+    outcomes = [o for o in result.adapters.values() if o.trained]
     # per driver thread (a gang, or per_clip's sequence of runs): first lease - start = start-up,
     # last completion -> end = tail, the rest between clips = gaps (per_clip: mostly each clip's own start-up)
-    by_gang: dict[str, list[dict]] = {}
+    by_gang: dict[str, list[AdapterOutcome]] = {}
     for o in outcomes:
-        by_gang.setdefault(o["gang"].split("-clip")[0], []).append(o)
-    startup = sum(min(o["leased_at"] for o in os_) - started for os_ in by_gang.values())
-    tail = sum(started + wall - max(o["completed_at"] for o in os_) for os_ in by_gang.values())
+        by_gang.setdefault(o.gang.split("-clip")[0], []).append(o)
+    startup = sum(min(o.leased_at or started for o in os_) - started for os_ in by_gang.values())
+    tail = sum(started + wall - max(o.completed_at or started + wall for o in os_) for os_ in by_gang.values())
     busy = workers * wall
     tune = result.tune_seconds * cfg.pipeline.workers_per_gang  # every rank of a gang tunes each clip
     idle_gangs = max(0, cfg.pipeline.num_gangs - len(by_gang)) * wall * cfg.pipeline.workers_per_gang

@@ -13,6 +13,7 @@ import json
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -22,11 +23,11 @@ FAMILIES = ("unet3d", "animatediff")
 
 @dataclass
 class BaseModel:
-    tokenizer: object
+    tokenizer: Any  # a transformers CLIPTokenizer
     text_encoder: torch.nn.Module
     vae: torch.nn.Module
     unet: torch.nn.Module
-    scheduler: object
+    scheduler: Any  # a diffusers scheduler
     family: str = "unet3d"
     fingerprint: str = ""
 

@@ -42,22 +42,6 @@ class ModelConfig:
 
 
 @dataclass
-class WorldConfig:
-    """MovingShapes clip geometry. Defaults train fast on a 2-core CPU."""
-
-    resolution: int = 32  # frame height and width in pixels
-    num_frames: int = 8  # frames per clip
-    radius: float = 0.17  # object radius, fraction of the frame
-    travel: float = 0.5  # distance a linear motion covers, fraction of the frame
-    jitter: float = 0.08  # max start offset, fraction of the frame
-    supersample: int = 4  # anti-aliasing factor of the rasterizer
-
-    def __post_init__(self) -> None:
-        _check(self.resolution >= 8, "world.resolution", f"must be >= 8, got {self.resolution}")
-        _check(self.num_frames >= 2, "world.num_frames", f"must be >= 2, got {self.num_frames}")
-
-
-@dataclass
 class VideoConfig:
     """How reference clips are decoded into model-sized frames."""
 
@@ -101,7 +85,6 @@ class RenderConfig:
 @dataclass
 class MetricsConfig:
     clip_model: str = ""  # local folder of a transformers CLIPModel; "" skips the CLIP metrics
-    mask_threshold: float = 60.0  # colour distance from the background that counts as object (MovingShapes)
     flow_size: int = 64  # frames are resized to this before optical flow
 
 
@@ -240,7 +223,6 @@ class PipelineConfig:
 @dataclass
 class Config:
     model: ModelConfig = field(default_factory=ModelConfig)
-    world: WorldConfig = field(default_factory=WorldConfig)
     video: VideoConfig = field(default_factory=VideoConfig)
     render: RenderConfig = field(default_factory=RenderConfig)
     metrics: MetricsConfig = field(default_factory=MetricsConfig)

@@ -13,6 +13,7 @@ import dataclasses
 import inspect
 import io
 import tokenize
+import typing
 
 from motioncrafter.config import Config
 
@@ -22,13 +23,15 @@ def _field_comments(cls: type) -> dict[str, str]:
     source = inspect.getsource(cls)
     comments = {t.start[0]: t.string.lstrip("# ").strip()
                 for t in tokenize.generate_tokens(io.StringIO(source).readline) if t.type == tokenize.COMMENT}
-    body = ast.parse(source).body[0].body
+    node = ast.parse(source).body[0]
+    assert isinstance(node, ast.ClassDef)
+    body = node.body
     return {node.target.id: comments.get(node.lineno, "")
             for node in body if isinstance(node, ast.AnnAssign) and isinstance(node.target, ast.Name)}
 
 
 def _default(f: dataclasses.Field) -> str:
-    value = f.default if f.default is not dataclasses.MISSING else f.default_factory()
+    value = f.default if f.default is not dataclasses.MISSING else f.default_factory()  # type: ignore[misc]
     text = repr(value)
     return text if len(text) <= 60 else text[:57] + "..."
 
@@ -56,8 +59,9 @@ def render_reference() -> str:
         "num_gangs = 4",
         "```",
     ]
+    hints = typing.get_type_hints(Config)
     for section in dataclasses.fields(Config):
-        cls = section.default_factory
+        cls: type = hints[section.name]
         doc = inspect.getdoc(cls)
         lines += ["", f"## `[{section.name}]`", ""]
         if doc and not doc.startswith(cls.__name__ + "("):  # dataclasses invent a docstring when there is none

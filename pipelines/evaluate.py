@@ -23,6 +23,7 @@ from motioncrafter.runformat import Failure
 from pipelines.ingest import load_frames
 from pipelines.manifest import ManifestRow
 from pipelines.render import STAGE as RENDER
+from pipelines.render import RenderedMotion, rows_of
 
 STAGE = "evaluate"
 
@@ -43,30 +44,33 @@ class Evaluator:
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, list]:
         out: dict[str, list] = {"row_json": [], "results_json": [], "summary_json": [], "render_seconds": [],
                                 "eval_seconds": [], "stage": [], "error": []}
-        for i, row_json in enumerate(batch["row_json"]):
+        for item in rows_of(batch):
             started = time.time()
-            stage, error, results, summary = RENDER, str(batch["error"][i]), [], {}
+            motion = RenderedMotion.from_row(item)
+            stage, error = RENDER, motion.error
+            results: list[dict] = []
+            summary: dict = {}
             if not error:
                 try:
                     stage = STAGE
-                    results, summary = self._score(ManifestRow(**json.loads(row_json)), batch, i)
+                    results, summary = self._score(motion)
                 except Exception as err:  # this motion's failure, not the dataset's
                     error = f"{type(err).__name__}: {err}"
-            out["row_json"].append(row_json)
+            out["row_json"].append(item["row_json"])
             out["results_json"].append(json.dumps(results))
             out["summary_json"].append(json.dumps(summary))
-            out["render_seconds"].append(float(batch["render_seconds"][i]))
+            out["render_seconds"].append(motion.render_seconds)
             out["eval_seconds"].append(time.time() - started)
             out["stage"].append(stage)
             out["error"].append(error)
         return out
 
-    def _score(self, row: ManifestRow, batch: dict, i: int) -> tuple[list[dict], dict]:
-        videos = np.frombuffer(batch["videos"][i], np.uint8).reshape([int(n) for n in batch["shape"][i]])
-        pairs, uris = json.loads(batch["pairs_json"][i]), json.loads(batch["uris_json"][i])
-        reference = load_frames(str(batch["frames_uri"][i]))
+    def _score(self, motion: RenderedMotion) -> tuple[list[dict], dict]:
+        row, videos, pairs = motion.row, motion.videos, motion.pairs
+        assert videos is not None  # a rendered motion without an error has its videos
+        reference = load_frames(motion.frames_uri)
         results, metrics = [], []
-        for k, ((prompt, seed), (mp4, gif), video) in enumerate(zip(pairs, uris, videos)):
+        for k, ((prompt, seed), (mp4, gif), video) in enumerate(zip(pairs, motion.uris, videos)):
             scores = score_video(video, prompt, reference, row.prompt, self.cfg, self.clip)
             metrics.append(scores)
             results.append({"motion_id": row.motion_id, "row": row.row, "k": k, "prompt": prompt, "seed": int(seed),

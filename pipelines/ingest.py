@@ -23,6 +23,7 @@ import hashlib
 import json
 import logging
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 
 import numpy as np
@@ -204,10 +205,12 @@ def _plan(rows: list[ManifestRow], layout: RunLayout, cfg: Config) -> _Plan:
     return plan
 
 
-def ingest(rows: list[ManifestRow], layout: RunLayout, cfg: Config, decode: bool = True) -> IngestResult:
+def ingest(rows: list[ManifestRow], layout: RunLayout, cfg: Config, decode: bool = True,
+           connect: Callable[[], object] = lambda: None) -> IngestResult:
     """Decode and encode every row's clip (cached ones are neither, indexed ones are not even read);
     per-row errors become failures. `decode=False`: clips not in the cache fail instead of being
-    decoded (stages run alone). Writes the ingest index of every clip it returns."""
+    decoded (stages run alone). Writes the ingest index of every clip it returns. `connect()` is called
+    before Ray is first needed (a re-run the index answers whole never starts it)."""
     if not rows:
         return IngestResult([], [], 0, 0, 0.0)
     started, pc = time.time(), cfg.pipeline
@@ -215,6 +218,7 @@ def ingest(rows: list[ManifestRow], layout: RunLayout, cfg: Config, decode: bool
     plan = _plan(rows, layout, cfg)
     clips, failures, decoded, encoded = list(plan.clips), [], 0, 0
     if plan.todo:
+        connect()
         clips_before = len(clips)
         # one row per block (up to 1000 blocks): decode tasks spread over the cluster, not one task taking all rows
         n = len(plan.todo)

@@ -85,7 +85,7 @@ class _Record:
 
 
 def _parse_jsonl(text: str) -> list[_Record]:
-    records = []
+    records: list[_Record] = []
     for lineno, line in enumerate(text.splitlines(), start=1):
         if not line.strip():
             continue  # blank lines (a trailing newline, spacing) are not rows
@@ -101,7 +101,7 @@ def _parse_jsonl(text: str) -> list[_Record]:
 
 def _parse_csv(text: str) -> list[_Record]:
     reader = csv.DictReader(io.StringIO(text, newline=""), strict=True)
-    records = []
+    records: list[_Record] = []
     try:
         for values in reader:
             if None in values:
@@ -248,7 +248,7 @@ def _validate(rec: _Record, manifest_uri: str, from_text: bool, cfg: Config) -> 
     if row.end_sec is not None and row.end_sec <= 0:
         raise _RowError(f"bad window: end_sec {row.end_sec} is not positive")
     if not _missing(v.get("seed")):
-        row.seed = _number(v["seed"], "seed", from_text, int)
+        row.seed = int(_number(v["seed"], "seed", from_text, int))
     if not _missing(v.get("overrides")):
         overrides = _json_field(v["overrides"], "overrides", from_text, dict)
         for key in overrides:

@@ -11,7 +11,6 @@ Every table is written in its declared schema, empty or not.
 from __future__ import annotations
 
 import html
-import json
 import math
 import os
 from urllib.parse import quote

@@ -3,7 +3,7 @@
 
     manifest -> ingest (Ray Data) -> train (Ray Train gangs) -> render -> evaluate -> report
 
-Output at <output>/<run_id>/ as in DESIGN.md section 5. Every manifest row ends
+Output at <output>/<run_id>/ as `motioncrafter.runformat` lays it out. Every manifest row ends
 exactly once in summary/ or failures/. Running again with the same run id
 resumes: committed adapters are kept and cached clips are not decoded again.
 Exit code 0 when the run completed (failed rows included), 1 with a one-line
@@ -18,21 +18,21 @@ import logging
 import os
 import sys
 import time
-from dataclasses import replace
+from dataclasses import dataclass, field, replace
 from importlib import metadata
 
 import ray
 
 from motioncrafter import storage
 from motioncrafter.config import Config, ConfigError, PipelineConfig, load_config
-from motioncrafter.runformat import Failure, RunLayout, write_table
+from motioncrafter.runformat import Failure, RunLayout, read_table, write_table
 from motioncrafter.toyworld import BASE_DIR
 from pipelines import report
 from pipelines.evaluate import EvaluateResult, evaluate
-from pipelines.ingest import ingest
-from pipelines.manifest import ManifestError, load_manifest
+from pipelines.ingest import IngestResult, ingest
+from pipelines.manifest import Manifest, ManifestError, load_manifest
 from pipelines.render import render_motions, stored_renders, write_renders
-from pipelines.train import committed_only, train
+from pipelines.train import AdapterOutcome, TrainResult, committed_only, train
 
 log = logging.getLogger("motioncrafter.run")
 PACKAGES = ("motioncrafter", "torch", "diffusers", "transformers", "peft", "ray", "deepspeed", "pyarrow", "fsspec", "s3fs")
@@ -44,7 +44,7 @@ def absolute_uri(uri: str) -> str:
 
 
 def _versions() -> dict[str, str | None]:
-    found = {"python": sys.version.split()[0]}
+    found: dict[str, str | None] = {"python": sys.version.split()[0]}
     for name in PACKAGES:
         try:
             found[name] = metadata.version(name)
@@ -86,16 +86,104 @@ def _account(total: int, rows: dict[int, str], summary: list[dict], failures: li
 
 STAGES = ("ingest", "train", "render", "evaluate", "report")
 
+# What each command does with each stage: "run" it, "read" what an earlier run of the run id left on
+# storage, or (render) "stream" its videos straight into evaluate / "write" them and stop. A stage a
+# plan does not name is neither run nor read.
+PLANS: dict[str | None, dict[str, str]] = {
+    None: {"ingest": "run", "train": "run", "render": "stream", "evaluate": "run"},
+    "ingest": {"ingest": "run"},
+    "train": {"ingest": "read", "train": "run"},
+    "render": {"ingest": "read", "train": "read", "render": "write"},
+    "evaluate": {"ingest": "read", "train": "read", "render": "read", "evaluate": "run"},
+}
+
+
+@dataclass
+class _State:
+    """What the stages of one command hand each other."""
+
+    layout: RunLayout
+    cfg: Config
+    manifest: Manifest
+    earlier: dict  # run.json of the previous run of this run id ({} for a new run)
+    started_ray: bool = False
+    ing: IngestResult | None = None
+    tr: TrainResult = field(default_factory=lambda: TrainResult({}, [], 0, 0.0, 0.0))
+    rendered: ray.data.Dataset | None = None
+    rendering: int = 0  # motions in `rendered`
+    rendered_videos: int = 0
+    ev: EvaluateResult = field(default_factory=EvaluateResult)
+    kept: list[dict] = field(default_factory=list)  # summary rows taken from the earlier run (not rendered again)
+    kept_results: list[dict] = field(default_factory=list)
+
+    def connect(self) -> None:
+        """Ray, once a stage has work for it (a re-run with nothing left to do never starts it)."""
+        self.started_ray = _connect(self.cfg.pipeline) or self.started_ray
+
+
+def _ingest(st: _State, mode: str) -> None:
+    st.ing = ingest(st.manifest.rows, st.layout, st.cfg, decode=mode == "run", connect=st.connect)
+
+
+def _train(st: _State, mode: str) -> None:
+    assert st.ing is not None
+    st.tr = train(st.ing.clips, st.layout, st.cfg, st.connect) if mode == "run" else committed_only(st.ing.clips, st.layout)
+
+
+def _render(st: _State, mode: str) -> None:
+    assert st.ing is not None
+    adapters = st.tr.adapters
+    if mode == "stream":
+        adapters = _keep_earlier_scores(st)
+    if not adapters:
+        return
+    st.rendering = len(adapters)
+    st.connect()
+    if mode == "read":
+        st.rendered = stored_renders(st.ing.clips, adapters, st.layout, st.cfg)
+        return
+    st.rendered = render_motions(st.ing.clips, adapters, st.layout, st.cfg)
+    if mode == "write":
+        st.rendered_videos, failures = write_renders(st.rendered, len(adapters))
+        st.ev = EvaluateResult(failures=failures)
+
+
+def _evaluate(st: _State, mode: str) -> None:
+    if st.rendered is not None:
+        st.ev = evaluate(st.rendered, st.rendering, st.cfg)
+
+
+STEPS = {"ingest": _ingest, "train": _train, "render": _render, "evaluate": _evaluate}
+
+
+def _keep_earlier_scores(st: _State) -> dict[str, AdapterOutcome]:
+    """A whole run over what an earlier completed run of this run id already scored (same manifest,
+    same config but for how it is spread over Ray): the motions whose adapters were kept take that
+    run's summary and result rows instead of being rendered again. Returns the adapters to render."""
+    earlier, cfg = st.earlier, st.cfg.to_dict()
+    same = (earlier.get("status") == "completed" and earlier.get("command") in ("run", "evaluate")  # they write the scores
+            and earlier.get("manifest", {}).get("sha256") == st.manifest.sha256
+            and {k: v for k, v in earlier.get("config", {}).items() if k != "pipeline"} == {k: v for k, v in cfg.items() if k != "pipeline"})
+    kept = {m for m, a in st.tr.adapters.items() if not a.trained} if same else set()
+    if not kept:
+        return st.tr.adapters
+    by_motion = {r["motion_id"]: r for r in read_table(st.layout, "summary") if r["motion_id"] in kept}
+    st.kept = list(by_motion.values())
+    st.kept_results = [r for r in read_table(st.layout, "results") if r["motion_id"] in by_motion]
+    return {m: a for m, a in st.tr.adapters.items() if m not in by_motion}
+
 
 def run_pipeline(manifest_uri: str, output_uri: str, config: Config | None = None, run_id: str | None = None,
                  base_model: str | None = None, stage: str | None = None) -> dict:
     """Run the whole pipeline, or one `stage` of it alone; returns what run.json records. Raises only
     when the run cannot proceed (unreadable manifest, bad run id, unreachable output or cluster).
 
-    A stage run alone works on what the earlier stages of this run id left on storage and never
-    redoes them: `train` takes the ingested clips (a clip not in the cache fails, it is not decoded),
-    `render` the committed adapters (nothing is trained), `evaluate` the rendered videos (decoded from
-    their MP4s), `report` the tables. The whole run renders and scores in one streaming pass instead.
+    Each command is a plan (`PLANS`): a stage run alone works on what the earlier stages of this run
+    id left on storage and never redoes them: `train` takes the ingested clips (a clip not in the
+    cache fails, it is not decoded), `render` the committed adapters (nothing is trained), `evaluate`
+    the rendered videos (decoded from their MP4s), `report` the tables. The whole run renders and
+    scores in one streaming pass instead, and keeps the scores of motions an earlier completed run
+    of the same manifest and config already has.
     """
     cfg = config or Config()
     if base_model:
@@ -105,14 +193,15 @@ def run_pipeline(manifest_uri: str, output_uri: str, config: Config | None = Non
     layout = RunLayout(absolute_uri(output_uri), run_id or time.strftime("run-%Y%m%d-%H%M%S", time.gmtime()))
     if stage == "report":
         return rewrite_report(layout)
-    if stage not in (None, *STAGES):
+    if stage not in PLANS:
         raise ValueError(f"unknown stage {stage!r}; one of {', '.join(STAGES)}")
+    plan = PLANS[stage]
     started = time.time()
     manifest = load_manifest(absolute_uri(manifest_uri), cfg)
     _check_base(cfg.model.base_model or str(BASE_DIR))
-    resumed = storage.exists(layout.run_json)
+    earlier = json.loads(storage.read_bytes(layout.run_json)) if storage.exists(layout.run_json) else {}
     info = {
-        "run_id": layout.run_id, "status": "running", "command": stage or "run", "resumed": resumed, "started_at": started,
+        "run_id": layout.run_id, "status": "running", "command": stage or "run", "resumed": bool(earlier), "started_at": started,
         "manifest": {"uri": storage.redact(manifest.uri), "sha256": manifest.sha256, "rows": manifest.total,
                      "ignored_columns": manifest.ignored_columns},
         "output": storage.redact(layout.root), "config": cfg.to_dict(), "versions": _versions(),
@@ -121,29 +210,23 @@ def run_pipeline(manifest_uri: str, output_uri: str, config: Config | None = Non
     log.info("%s %s: %d manifest rows (%d invalid) -> %s", stage or "run", layout.run_id, manifest.total,
              len(manifest.failures), storage.redact(layout.root))
 
-    ev, rendered_videos = EvaluateResult(), 0
-    started_ray = _connect(cfg.pipeline)
+    st = _State(layout, cfg, manifest, earlier)
+    planned = time.time() - started
     try:
-        ing = _stage("ingest", lambda: ingest(manifest.rows, layout, cfg, decode=stage in (None, "ingest")))
-        tr = _stage("train", lambda: train(ing.clips, layout, cfg)) if stage in (None, "train") else committed_only(ing.clips, layout)
-        if stage in (None, "render", "evaluate") and tr.adapters:
-            render = render_motions if stage != "evaluate" else stored_renders
-            rendered = render(ing.clips, tr.adapters, layout, cfg)
-            if stage == "render":
-                rendered_videos, render_failures = _stage("render", lambda: write_renders(rendered, len(tr.adapters)))
-                ev = EvaluateResult(failures=render_failures)
-            else:
-                ev = _stage(stage or "render + evaluate", lambda: evaluate(rendered, len(tr.adapters), cfg))
+        for name, mode in plan.items():
+            _stage(f"{name} ({mode})", lambda: STEPS[name](st, mode))
     finally:
-        if started_ray:
+        if st.started_ray:
             ray.shutdown()
-    if stage == "ingest":  # training did not run: its "no committed adapter" failures are not failures yet
-        tr = replace(tr, failures=[])
+    ing, tr, ev = st.ing, st.tr, st.ev
+    assert ing is not None
 
+    tables_started = time.time()
     prompts = {r.motion_id: r.prompt for r in manifest.rows}
-    summary = [_summary_row(m, prompts[m["motion_id"]], tr.adapters[m["motion_id"]], layout) for m in ev.motions]
-    failures = manifest.failures + ing.failures + tr.failures + ev.failures
-    scored = stage in (None, "evaluate")
+    summary = [_summary_row(m, prompts[m["motion_id"]], tr.adapters[m["motion_id"]], layout) for m in [*st.kept, *ev.motions]]
+    results = st.kept_results + ev.results
+    failures = manifest.failures + ing.failures + (tr.failures if "train" in plan else []) + ev.failures
+    scored = "evaluate" in plan
     if scored:  # every row has an outcome now
         failures += _account(manifest.total, {r.row: r.motion_id for r in manifest.rows}, summary, failures)
     failures.sort(key=lambda f: f.row)
@@ -152,7 +235,7 @@ def run_pipeline(manifest_uri: str, output_uri: str, config: Config | None = Non
     write_table(layout, "adapters", adapters)
     write_table(layout, "failures", [f.to_row() for f in failures])
     if scored:
-        write_table(layout, "results", ev.results)
+        write_table(layout, "results", results)
         write_table(layout, "summary", summary)
 
     info |= {
@@ -161,15 +244,19 @@ def run_pipeline(manifest_uri: str, output_uri: str, config: Config | None = Non
             "ingest": {"seconds": round(ing.seconds, 3), "clips": len(ing.clips), "indexed": ing.indexed, "decoded": ing.decoded,
                        "encoded": ing.encoded, "failed": len(ing.failures)},
             "train": {"seconds": round(tr.seconds, 3), "tune_seconds": round(tr.tune_seconds, 3), "scheduler": cfg.pipeline.scheduler,
-                      "trained": sum(a["trained"] for a in tr.adapters.values()), "resumed": tr.resumed,
+                      "trained": sum(a.trained for a in tr.adapters.values()), "resumed": tr.resumed,
                       "failed": len(tr.failures), "gang_errors": tr.gang_errors, "commit_conflicts": sum(tr.conflicts.values())},
-            "render_evaluate": {"seconds": round(ev.seconds, 3), "motions": len(summary), "videos": len(ev.results) or rendered_videos,
-                                "failed": len(ev.failures)},
+            "render_evaluate": {"seconds": round(ev.seconds, 3), "motions": len(summary), "kept": len(st.kept),
+                                # time inside the render / metric actors, summed over the motions done now
+                                "render_seconds": round(sum(m["render_seconds"] for m in ev.motions), 3),
+                                "eval_seconds": round(sum(m["eval_seconds"] for m in ev.motions), 3),
+                                "videos": len(results) or st.rendered_videos, "failed": len(ev.failures)},
         },
         "counts": {"rows": manifest.total, "summary": len(summary), "failures": len(failures), "adapters": len(adapters)},
     }
     if scored:
-        report.write_html(layout, info, summary, ev.results, failures)
+        report.write_html(layout, info, summary, results, failures)
+    info["driver"] = {"plan_seconds": round(planned, 3), "tables_seconds": round(time.time() - tables_started, 3)}
     storage.write_bytes(layout.run_json, _json(info))
     return info
 
@@ -193,11 +280,11 @@ def rewrite_report(layout: RunLayout) -> dict:
     return info
 
 
-def _summary_row(motion: dict, prompt: str, adapter: dict, layout: RunLayout) -> dict:
+def _summary_row(motion: dict, prompt: str, adapter: AdapterOutcome, layout: RunLayout) -> dict:
     """A motion's metrics (from evaluate) with where its files are and what training it took."""
-    return {**motion, "prompt": prompt, "adapter_uri": adapter["adapter_uri"], "grid_uri": layout.grid(motion["motion_id"]),
-            "train_seconds": adapter["seconds"], "train_attempts": adapter["attempts"],
-            "resumed": not adapter["trained"]}  # its adapter was committed by an earlier run of this run id
+    return {**motion, "prompt": prompt, "adapter_uri": adapter.adapter_uri, "grid_uri": layout.grid(motion["motion_id"]),
+            "train_seconds": adapter.seconds, "train_attempts": adapter.attempts,
+            "resumed": not adapter.trained}  # its adapter was committed by an earlier run of this run id
 
 
 def _json(data: dict) -> bytes:

@@ -2,7 +2,7 @@
 
 A *gang* is one Ray Train worker group (`TorchTrainer`, `workers_per_gang`
 ranks, gloo on CPU / nccl on GPU). Each of its workers opens the base model
-once, then loops: rank 0 leases a clip from the `LeaseQueue` actor and shares
+once, then loops: rank 0 leases a clip from the lease queue actor (`pipelines.queue`) and shares
 it with the other ranks, every rank runs `tune_clip` on it (data-parallel with
 the DeepSpeed engine; the engine is only `tune.engine` in the config), rank 0
 commits the adapter and leases the next. `num_gangs` gangs run side by side.
@@ -29,7 +29,7 @@ import tempfile
 import threading
 import time
 import uuid
-from collections import Counter, deque
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import nullcontext
 from dataclasses import asdict, dataclass, field, replace
@@ -49,119 +49,54 @@ from motioncrafter.runformat import AdapterProvenance, CommitMarker, Failure, Ru
 from motioncrafter.trainer import tune_clip
 from pipelines.ingest import Clip, load_array, load_frames
 from pipelines.manifest import ManifestRow
+from pipelines.queue import Closed, Lease, QueueActor
 
 STAGE = "train"
 log = logging.getLogger(__name__)
 
 
+@dataclass(frozen=True)
+class WorkItem:
+    """What a gang leases: one ingested clip and where its adapter goes."""
+
+    row: ManifestRow
+    frames_uri: str
+    latents_uri: str
+    clip_sha256: str
+    adapter_uri: str
+    committed_uri: str
+    run_id: str
+
+    @property
+    def motion_id(self) -> str:
+        return self.row.motion_id
+
+
+@dataclass(frozen=True)
+class AdapterOutcome:
+    """A clip's committed adapter, as the train stage reports it."""
+
+    motion_id: str
+    row: int
+    adapter_uri: str
+    trained: bool  # tuned by this run; False: committed by an earlier run of the run id
+    seconds: float = 0.0  # inside tune_clip
+    attempts: int = 0  # leases it took
+    gang: str = ""
+    final_loss: float | None = None
+    leased_at: float | None = None  # wall clock of its last lease and of its completion (benchmarks)
+    completed_at: float | None = None
+
+
 @dataclass
 class TrainResult:
-    adapters: dict[str, dict]  # motion_id -> outcome (adapter_uri, trained, seconds, attempts, gang)
+    adapters: dict[str, AdapterOutcome]
     failures: list[Failure]
     resumed: int  # committed by an earlier run of the same run id: not tuned again
     tune_seconds: float  # time inside tune_clip, summed over clips (orchestration efficiency)
     seconds: float
     conflicts: dict[str, int] = field(default_factory=dict)  # motion_id -> tuned again after its commit (should be empty)
     gang_errors: list[str] = field(default_factory=list)
-
-
-# ----------------------------------------------------------------- the queue
-
-
-@ray.remote(num_cpus=0, max_restarts=0)
-class LeaseQueue:
-    """Hands out clips under leases that expire unless renewed.
-
-    States of a clip: pending -> leased -> done | failed, or leased -> pending
-    again when its lease expires or its gang reports a retryable error, until
-    `max_attempts` leases have been spent.
-    """
-
-    def __init__(self, items: list[dict], max_attempts: int, lease_seconds: float):
-        self.items = {it["motion_id"]: it for it in items}
-        self.pending = deque(self.items)
-        self.leases: dict[str, tuple[str, str, float]] = {}  # lease id -> (motion_id, gang, expiry)
-        self.attempts: Counter = Counter()
-        self.conflicts: Counter = Counter()
-        self.done: dict[str, dict] = {}
-        self.failed: dict[str, str] = {}
-        self.leased_at: dict[str, float] = {}  # wall clock of each clip's latest lease (where the time goes: benchmarks)
-        self.max_attempts, self.lease_seconds = max_attempts, lease_seconds
-        self.counter = 0
-
-    def _reap(self) -> None:
-        now = time.monotonic()
-        for lease_id, (motion_id, gang, expiry) in list(self.leases.items()):
-            if expiry < now:
-                del self.leases[lease_id]
-                self._retry(motion_id, f"lease expired: {gang} stopped renewing it (worker or node lost)")
-
-    def _retry(self, motion_id: str, reason: str) -> None:
-        if motion_id in self.done or motion_id in self.failed:
-            return
-        if self.attempts[motion_id] >= self.max_attempts:
-            self.failed[motion_id] = f"gave up after {self.attempts[motion_id]} attempts; last: {reason}"
-        else:
-            self.pending.append(motion_id)
-
-    def lease(self, gang: str) -> dict:
-        """{"status": "lease", ...} with a clip, "wait" (clips are leased elsewhere and may come back), or "done"."""
-        self._reap()
-        if not self.pending:
-            return {"status": "wait" if self.leases else "done"}
-        motion_id = self.pending.popleft()
-        self.attempts[motion_id] += 1
-        self.counter += 1
-        lease_id = f"{gang}#{self.counter}"
-        self.leases[lease_id] = (motion_id, gang, time.monotonic() + self.lease_seconds)
-        self.leased_at[motion_id] = time.time()
-        return {"status": "lease", "lease": lease_id, "item": self.items[motion_id], "attempt": self.attempts[motion_id]}
-
-    def renew(self, lease_id: str) -> bool:
-        self._reap()
-        if lease_id not in self.leases:
-            return False
-        motion_id, gang, _ = self.leases[lease_id]
-        self.leases[lease_id] = (motion_id, gang, time.monotonic() + self.lease_seconds)
-        return True
-
-    def conflict(self, motion_id: str) -> None:
-        """A gang tuned a clip that turned out to be committed already (exactly-once was at risk; the first commit stands)."""
-        self.conflicts[motion_id] += 1
-
-    def complete(self, lease_id: str, outcome: dict) -> None:
-        """The clip's adapter is committed. Accepted even if the lease expired meanwhile:
-        the marker is on storage, so the clip is done whoever holds it now."""
-        self.leases.pop(lease_id, None)
-        motion_id = outcome["motion_id"]
-        if motion_id in self.done or motion_id in self.failed:
-            return
-        self.done[motion_id] = {**outcome, "attempts": self.attempts[motion_id],
-                                "leased_at": self.leased_at.get(motion_id), "completed_at": time.time()}
-        if motion_id in self.pending:
-            self.pending.remove(motion_id)
-
-    def fail(self, lease_id: str, reason: str, retry: bool) -> None:
-        lease = self.leases.pop(lease_id, None)
-        if lease is None:
-            return  # the lease expired and the clip was already put back
-        if retry:
-            self._retry(lease[0], reason)
-        elif lease[0] not in self.done:
-            self.failed[lease[0]] = reason
-
-    def progress(self) -> dict:
-        self._reap()
-        return {"pending": len(self.pending), "leased": len(self.leases), "done": len(self.done), "failed": len(self.failed)}
-
-    def close(self, reason: str) -> tuple[dict, dict, dict]:
-        """End the queue: clips not finished fail with `reason`; returns (done, failed, conflicts)."""
-        for motion_id in self.items:
-            if motion_id not in self.done and motion_id not in self.failed:
-                self.failed[motion_id] = reason
-        self.pending.clear()
-        self.leases.clear()
-        return self.done, self.failed, dict(self.conflicts)
 
 
 # ------------------------------------------------------------ a gang's workers
@@ -196,11 +131,11 @@ def _from_rank0(rank: int, world: int, make):
     return obj[0]
 
 
-def _lease(queue, gang: str) -> dict:
-    msg = ray.get(queue.lease.remote(gang))
-    if msg["status"] == "lease":  # committed by an attempt whose completion never arrived: do not tune again
-        msg["committed"] = storage.exists(msg["item"]["committed_uri"])
-    return msg
+def _lease(queue, gang: str) -> tuple[Lease[WorkItem] | str, bool]:
+    """The queue's answer, and whether the leased clip is committed already (by an attempt whose
+    completion never arrived: it is not tuned again)."""
+    got = ray.get(queue.lease.remote(gang))
+    return got, isinstance(got, Lease) and storage.exists(got.item.committed_uri)
 
 
 def gang_loop(config: dict) -> None:
@@ -212,69 +147,67 @@ def gang_loop(config: dict) -> None:
     base = open_base(cfg.model)
     tuned = 0
     while not config["max_clips"] or tuned < config["max_clips"]:
-        msg = _from_rank0(rank, world, lambda: _lease(queue, gang))
-        if msg["status"] == "done":
+        lease, committed = _from_rank0(rank, world, lambda: _lease(queue, gang))
+        if lease == "done":
             return
-        if msg["status"] == "wait":
+        if not isinstance(lease, Lease):  # "wait": clips are leased elsewhere and may come back
             time.sleep(min(1.0, cfg.pipeline.lease_seconds / 4))
             continue
         tuned += 1
-        if msg["committed"]:
+        if committed:
             if rank == 0:
-                queue.complete.remote(msg["lease"], _outcome(msg, gang, trained=False, seconds=0.0))
+                queue.complete.remote(lease.lease_id, lease.motion_id, _outcome(lease, gang, trained=False))
             continue
-        with _Renewer(queue, msg["lease"], cfg.pipeline.lease_seconds) if rank == 0 else nullcontext():
-            _tune_leased(base, msg, cfg, queue, gang, rank)
+        with _Renewer(queue, lease.lease_id, cfg.pipeline.lease_seconds) if rank == 0 else nullcontext():
+            _tune_leased(base, lease, cfg, queue, gang, rank)
 
 
-def _outcome(msg: dict, gang: str, **fields) -> dict:
-    item = msg["item"]
-    return {"motion_id": item["motion_id"], "row": item["row"]["row"], "adapter_uri": item["adapter_uri"], "gang": gang, **fields}
+def _outcome(lease: Lease[WorkItem], gang: str, trained: bool, seconds: float = 0.0, final_loss: float | None = None) -> AdapterOutcome:
+    item = lease.item
+    return AdapterOutcome(item.motion_id, item.row.row, item.adapter_uri, trained, seconds, lease.attempt, gang, final_loss)
 
 
-def _tune_leased(base, msg: dict, cfg: Config, queue, gang: str, rank: int) -> None:
+def _tune_leased(base, lease: Lease[WorkItem], cfg: Config, queue, gang: str, rank: int) -> None:
     """Tune one leased clip on every rank; rank 0 commits it (files, then the marker) and reports."""
-
-    item, lease = msg["item"], msg["lease"]
-    row = ManifestRow(**item["row"])
+    item, row = lease.item, lease.item.row
     try:
         row_cfg = row.config(cfg)
         tune = replace(row_cfg.tune, progress=False)  # the driver shows progress; per-step bars from many workers only garble logs
-        frames = load_frames(item["frames_uri"])
-        latents = torch.from_numpy(load_array(item["latents_uri"], "latents"))
+        frames = load_frames(item.frames_uri)
+        latents = torch.from_numpy(load_array(item.latents_uri, "latents"))
         result = tune_clip(base, frames, row.prompt, tune, row_cfg.adapter, row_cfg.enhance, subject=row.subject, latents=latents)
     except Exception as err:
         # Bad input (ValueError) fails the same way on every attempt: fail it now. Anything else may be transient.
         if rank == 0:
-            queue.fail.remote(lease, f"{type(err).__name__}: {err}", not isinstance(err, ValueError))
+            queue.fail.remote(lease.lease_id, f"{type(err).__name__}: {err}", not isinstance(err, ValueError))
         return
-    if rank != 0 or not ray.get(queue.renew.remote(lease)):
+    if rank != 0 or not ray.get(queue.renew.remote(lease.lease_id)):
         return  # rank 0 lost the lease (it could not renew in time): the clip is someone else's now
     try:
-        fresh = _commit(result, msg, gang)
+        fresh = _commit(result, lease, gang)
     except Exception as err:
-        queue.fail.remote(lease, f"commit failed: {type(err).__name__}: {err}", True)
+        queue.fail.remote(lease.lease_id, f"commit failed: {type(err).__name__}: {err}", True)
         return
     if not fresh:
         queue.conflict.remote(row.motion_id)
     final = result.history[-1] if result.history else {}
-    queue.complete.remote(lease, _outcome(msg, gang, trained=fresh, seconds=result.seconds, final_loss=final.get("loss")))
+    queue.complete.remote(lease.lease_id, row.motion_id, _outcome(lease, gang, fresh, result.seconds, final.get("loss")))
 
 
-def _commit(result, msg: dict, gang: str) -> bool:
+def _commit(result, lease: Lease[WorkItem], gang: str) -> bool:
     """Write the adapter's files, then its marker, exclusively. False: the clip was committed already
     (by an earlier holder whose lease had lapsed while it still worked); that commit stands untouched."""
-    item = msg["item"]
-    if storage.exists(item["committed_uri"]):
+    item = lease.item
+    if storage.exists(item.committed_uri):
         return False
-    result.adapter.meta["pipeline"] = asdict(AdapterProvenance(item["motion_id"], item["row"]["row"], item["run_id"]))
-    save_adapter(result.adapter, item["adapter_uri"])
+    result.adapter.meta["pipeline"] = asdict(AdapterProvenance(item.motion_id, item.row.row, item.run_id))
+    save_adapter(result.adapter, item.adapter_uri)
     # `writer` makes this marker's bytes this attempt's own: a create retried after a time-out that had
     # in fact succeeded finds its own marker (storage.create_exclusive), not a conflict
-    marker = CommitMarker(item["motion_id"], item["clip_sha256"], item["run_id"], gang, msg["attempt"],
+    marker = CommitMarker(item.motion_id, item.clip_sha256, item.run_id, gang, lease.attempt,
                           round(result.seconds, 3), time.time(), writer=uuid.uuid4().hex)
     # create, never overwrite (a hard link or O_EXCL locally, an S3 conditional PUT): one marker per clip whatever races
-    return storage.create_exclusive(item["committed_uri"], marker.to_json())
+    return storage.create_exclusive(item.committed_uri, marker.to_json())
 
 
 # ------------------------------------------------------------------- driver
@@ -284,11 +217,10 @@ def queue_name(run_id: str) -> str:
     return f"motioncrafter-queue-{run_id}"
 
 
-def _item(clip: Clip, layout: RunLayout) -> dict:
+def _item(clip: Clip, layout: RunLayout) -> WorkItem:
     motion_id = clip.row.motion_id
-    return {"motion_id": motion_id, "row": clip.row.to_dict(), "frames_uri": clip.frames_uri, "latents_uri": clip.latents_uri,
-            "clip_sha256": clip.clip_sha256,
-            "adapter_uri": layout.adapter(motion_id), "committed_uri": layout.committed(motion_id), "run_id": layout.run_id}
+    return WorkItem(clip.row, clip.frames_uri, clip.latents_uri, clip.clip_sha256, layout.adapter(motion_id),
+                    layout.committed(motion_id), layout.run_id)
 
 
 def _fit(name: str, cfg: Config, queue, max_clips: int) -> None:
@@ -326,15 +258,14 @@ def _drive(index: int, cfg: Config, queue, run_id: str) -> str | None:
         return f"{name}: {type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}"
 
 
-def _committed(clips: list[Clip], layout: RunLayout) -> tuple[dict[str, dict], list[Clip]]:
+def _committed(clips: list[Clip], layout: RunLayout) -> tuple[dict[str, AdapterOutcome], list[Clip]]:
     """The clips whose adapter an earlier run of this run id committed (one listing of adapters/), and the others."""
     committed = committed_adapters(layout)
     adapters, todo = {}, []
     for clip in clips:
         motion_id = clip.row.motion_id
         if motion_id in committed:
-            adapters[motion_id] = {"motion_id": motion_id, "row": clip.row.row, "trained": False,
-                                   "adapter_uri": layout.adapter(motion_id), "seconds": 0.0, "attempts": 0}
+            adapters[motion_id] = AdapterOutcome(motion_id, clip.row.row, layout.adapter(motion_id), trained=False)
         else:
             todo.append(clip)
     return adapters, todo
@@ -349,14 +280,16 @@ def committed_only(clips: list[Clip], layout: RunLayout) -> TrainResult:
     return TrainResult(adapters, failures, len(adapters), 0.0, time.time() - started)
 
 
-def train(clips: list[Clip], layout: RunLayout, cfg: Config) -> TrainResult:
-    """Tune every clip without a committed adapter; committed ones (a resumed run) are kept as they are."""
+def train(clips: list[Clip], layout: RunLayout, cfg: Config, connect: Callable[[], object] = lambda: None) -> TrainResult:
+    """Tune every clip without a committed adapter; committed ones (a resumed run) are kept as they are.
+    `connect()` is called before Ray is first needed."""
     started = time.time()
     pc = cfg.pipeline
     adapters, todo = _committed(clips, layout)
     resumed = len(adapters)
     if not todo:
         return TrainResult(adapters, [], resumed, 0.0, time.time() - started)
+    connect()
 
     # Ray Train waits this long for a gang's workers; on a busy machine the default (60 s) is too short.
     os.environ.setdefault("RAY_TRAIN_WORKER_GROUP_START_TIMEOUT_S", str(pc.start_timeout_s))
@@ -364,8 +297,8 @@ def train(clips: list[Clip], layout: RunLayout, cfg: Config) -> TrainResult:
     # after the run, so a second driver on the same run id fails here instead of racing this one,
     # and anyone can watch it: ray.get_actor(queue_name(run_id)).progress.remote().
     here = NodeAffinitySchedulingStrategy(ray.get_runtime_context().get_node_id(), soft=False)
-    queue = LeaseQueue.options(name=queue_name(layout.run_id), scheduling_strategy=here).remote(
-        [_item(c, layout) for c in todo], pc.max_attempts, pc.lease_seconds)
+    queue = QueueActor.options(name=queue_name(layout.run_id), scheduling_strategy=here).remote(
+        {c.row.motion_id: _item(c, layout) for c in todo}, pc.max_attempts, pc.lease_seconds)
     with ThreadPoolExecutor(pc.num_gangs) as pool, tqdm(total=len(todo), desc=f"train ({pc.scheduler})", unit="clip") as bar:
         futures = [pool.submit(_drive, i, cfg, queue, layout.run_id) for i in range(pc.num_gangs)]
         while not all(f.done() for f in futures):
@@ -375,11 +308,12 @@ def train(clips: list[Clip], layout: RunLayout, cfg: Config) -> TrainResult:
             bar.refresh()
             time.sleep(1.0)
         errors = [e for e in (f.result() for f in futures) if e]
-    done, failed, conflicts = ray.get(queue.close.remote("no gang left to train it: " + "; ".join(errors) if errors else "not trained"))
+    closed: Closed[AdapterOutcome] = ray.get(queue.close.remote("no gang left to train it: " + "; ".join(errors) if errors else "not trained"))
     ray.kill(queue)
 
-    adapters |= done
+    adapters |= {m: replace(o, attempts=closed.attempts[m], leased_at=closed.leased_at.get(m), completed_at=closed.completed_at.get(m))
+                 for m, o in closed.done.items()}
     rows = {c.row.motion_id: c.row for c in todo}
-    failures = [Failure(m, rows[m].row, STAGE, reason) for m, reason in failed.items()]
-    tune_seconds = sum(o["seconds"] for o in done.values())
-    return TrainResult(adapters, failures, resumed, tune_seconds, time.time() - started, conflicts, errors)
+    failures = [Failure(m, rows[m].row, STAGE, reason) for m, reason in closed.failed.items()]
+    tune_seconds = sum(o.seconds for o in closed.done.values())
+    return TrainResult(adapters, failures, resumed, tune_seconds, time.time() - started, closed.conflicts, errors)

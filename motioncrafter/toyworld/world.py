@@ -15,7 +15,6 @@ from pathlib import Path
 
 import numpy as np
 
-from motioncrafter.config import WorldConfig
 
 # Saturated object colours, far from each other and from every background, so a
 # pixel's nearest palette entry is unambiguous even after a lossy codec.
@@ -63,6 +62,22 @@ DIRECTIONS: dict[str, tuple[float, float]] = {
     "diagonal_down": (math.sqrt(0.5), math.sqrt(0.5)),
     "diagonal_up": (math.sqrt(0.5), -math.sqrt(0.5)),
 }
+
+
+@dataclass(frozen=True)
+class WorldConfig:
+    """Clip geometry of the world (the shipped base was pretrained on the defaults; they train fast on a 2-core CPU)."""
+
+    resolution: int = 32  # frame height and width in pixels
+    num_frames: int = 8  # frames per clip
+    radius: float = 0.17  # object radius, fraction of the frame
+    travel: float = 0.5  # distance a linear motion covers, fraction of the frame
+    jitter: float = 0.08  # max start offset, fraction of the frame
+    supersample: int = 4  # anti-aliasing factor of the rasterizer
+
+    def __post_init__(self) -> None:
+        if self.resolution < 8 or self.num_frames < 2:
+            raise ValueError(f"WorldConfig: resolution must be >= 8 and num_frames >= 2, got {self.resolution}, {self.num_frames}")
 
 
 @dataclass(frozen=True)
@@ -180,7 +195,7 @@ def sample_specs(
             shape=SHAPES[rng.integers(len(SHAPES))],
             background=backgrounds[rng.integers(len(backgrounds))],
             motion=motions[rng.integers(len(motions))],
-            offset=tuple(float(v) for v in rng.uniform(-cfg.jitter, cfg.jitter, 2)),
+            offset=(float(rng.uniform(-cfg.jitter, cfg.jitter)), float(rng.uniform(-cfg.jitter, cfg.jitter))),
         )
         for _ in range(count)
     ]

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import yaml
 
-from motioncrafter.cli import main
+from motioncrafter_cli import main
 from motioncrafter.toyworld.model import debug_base
 from motioncrafter.toyworld.world import ClipSpec, render
 from motioncrafter.video import read_video, write_mp4

@@ -13,12 +13,14 @@ import os
 import threading
 import time
 from collections.abc import Iterator
+from dataclasses import replace
 from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
 
 from motioncrafter import storage
+from pipelines.queue import Lease
 
 WRITERS, TRIALS = 4, 40
 LOOKUP_SECONDS = 0.02  # a metadata lookup on a shared (NFS) file system is a network round trip
@@ -128,23 +130,25 @@ def test_local_create_is_exclusive_and_knows_its_own(tmp_path: Path) -> None:
     assert [p.name for p in (tmp_path / "a").iterdir()] == ["_COMMITTED"]
 
 
-def _leased(base: str) -> tuple[SimpleNamespace, dict]:
+def _leased(base: str) -> tuple[SimpleNamespace, Lease]:
     import torch
 
     from motioncrafter.adapters import Adapter
+    from pipelines.manifest import ManifestRow
+    from pipelines.train import WorkItem
 
     result = SimpleNamespace(adapter=Adapter({"w": torch.ones(2)}, {"kind": "full"}), seconds=1.0)
     adapter_uri = storage.join(base, "adapters", "m0")
-    msg = {"attempt": 1, "item": {"motion_id": "m0", "row": {"row": 0}, "run_id": "r", "clip_sha256": "abc",
-                                  "adapter_uri": adapter_uri, "committed_uri": storage.join(adapter_uri, "_COMMITTED")}}
-    return result, msg
+    item = WorkItem(ManifestRow(0, "m0", "clip.mp4", "a prompt"), "frames", "latents", "abc", adapter_uri,
+                    storage.join(adapter_uri, "_COMMITTED"), "r")
+    return result, Lease("g#1", "m0", item, 1)
 
 
 def test_commit_after_a_lost_reply_is_fresh_not_a_conflict(s3_bucket: str, monkeypatch) -> None:
     from pipelines.train import _commit
 
     monkeypatch.setattr(storage.time, "sleep", lambda seconds: None)
-    result, msg = _leased(s3_bucket)
+    result, lease = _leased(s3_bucket)
     fs, _ = storage.filesystem(s3_bucket)
     real, puts = fs.pipe_file, []
 
@@ -156,9 +160,9 @@ def test_commit_after_a_lost_reply_is_fresh_not_a_conflict(s3_bucket: str, monke
         return out
 
     monkeypatch.setattr(fs, "pipe_file", lost_reply)
-    assert _commit(result, msg, "gang0") is True
-    marker = json.loads(storage.read_bytes(msg["item"]["committed_uri"]))
+    assert _commit(result, lease, "gang0") is True
+    marker = json.loads(storage.read_bytes(lease.item.committed_uri))
     assert (marker["gang"], marker["attempt"]) == ("gang0", 1)
     # a second holder of the same clip finds the commit and leaves it alone
-    assert _commit(result, {**msg, "attempt": 2}, "gang1") is False
-    assert json.loads(storage.read_bytes(msg["item"]["committed_uri"])) == marker
+    assert _commit(result, replace(lease, attempt=2), "gang1") is False
+    assert json.loads(storage.read_bytes(lease.item.committed_uri)) == marker

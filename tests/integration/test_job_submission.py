@@ -112,7 +112,7 @@ def test_ray_job_submit_runs_the_pipeline(tmp_path, debug_base_dir):
         assert started.returncode == 0, f"ray start failed:\n{(started.stdout + started.stderr)[-3000:]}"
 
         client = _client(f"http://127.0.0.1:{dashboard_port}")
-        entrypoint = (f"{shlex.quote(sys.executable)} -m motioncrafter.cli run --manifest {shlex.quote(str(manifest))} "
+        entrypoint = (f"{shlex.quote(sys.executable)} -m motioncrafter_cli run --manifest {shlex.quote(str(manifest))} "
                       f"--output {shlex.quote(str(out))} --run-id job --base-model {shlex.quote(debug_base_dir)} "
                       "--set tune.steps=2 --set render.num_steps=2 --set 'render.seeds=[0]' --set pipeline.start_timeout_s=300")
         job_id = client.submit_job(entrypoint=entrypoint, runtime_env={"env_vars": {"PYTHONPATH": str(REPO_ROOT)}})

@@ -139,6 +139,8 @@ def test_rerun_with_the_same_run_id_resumes(mixed, debug_base_dir) -> None:
     assert train["trained"] == 0 and train["resumed"] == 3
     assert {m: Path(layout.committed(m)).read_text() for m in markers} == markers  # commits untouched
     assert info["counts"]["summary"] == 3 and info["resumed"]
+    assert info["stages"]["render_evaluate"]["kept"] == 3  # same manifest and config: the earlier scores stand
+    assert len(pd.read_parquet(layout.table("results"))) == 4
 
 
 def test_killed_driver_resumes_without_redoing_finished_clips(local_ray, debug_base_dir, tmp_path) -> None:
@@ -211,7 +213,7 @@ def test_a_gang_of_two_ranks_tunes_with_deepspeed(local_ray, debug_base_dir, tmp
     layout = RunLayout(str(tmp_path / "out"), "ds")
     ingested = ingest(load_manifest(str(manifest)).rows, layout, cfg)
     result = train(ingested.clips, layout, cfg)
-    assert result.failures == [] and [a["trained"] for a in result.adapters.values()] == [True]
+    assert result.failures == [] and [a.trained for a in result.adapters.values()] == [True]
     meta = json.loads(Path(layout.adapter(ingested.clips[0].row.motion_id), "adapter.json").read_text())
     assert meta["world_size"] == 2 and meta["tune_config"]["engine"] == "deepspeed"
 

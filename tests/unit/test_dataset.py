@@ -13,7 +13,8 @@ import pyarrow.parquet as pq
 import pytest
 import yaml
 
-from motioncrafter.dataset import add_dataset_parser, export_dataset
+from motioncrafter.dataset import export_dataset
+from motioncrafter_cli.dataset import add_parser as add_dataset_parser
 from motioncrafter.video import write_mp4
 
 MOTIONS = {"zigzag": "a red circle moves in a zigzag on a black background",

@@ -292,7 +292,7 @@ def test_merge_refuses_mixed_bases_and_duplicates(world, tmp_path):
 
 
 def _cli(argv: list[str]) -> int:
-    from motioncrafter.cli import main
+    from motioncrafter_cli import main
 
     return main(argv)
 

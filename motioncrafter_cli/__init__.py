@@ -13,6 +13,9 @@ Configuration:
   motioncrafter config show [--config FILE] [--set section.key=value ...]
 
 Every command takes --config FILE (TOML or YAML) and --set section.key=value overrides.
+
+This package sits above both `motioncrafter` (the library) and `pipelines` (the Ray jobs): neither
+imports the command line, and `motioncrafter` never imports `pipelines`.
 """
 
 from __future__ import annotations
@@ -29,7 +32,7 @@ def _config_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--base-model", help="diffusers folder or fsspec URI of the base (default: shipped MovingShapes base)")
 
 
-def _load(args, extra: list[str] = ()):
+def _load(args, extra: tuple[str, ...] | list[str] = ()):
     from motioncrafter.config import load_config
 
     overrides = list(extra) + list(args.overrides)
@@ -145,11 +148,10 @@ def build_parser() -> argparse.ArgumentParser:
     _config_args(p)
     p.set_defaults(func=cmd_config)
 
-    from motioncrafter.dataset import add_dataset_parser
-    from motioncrafter.library import add_adapters_parser
+    from motioncrafter_cli import adapters, dataset
 
-    add_adapters_parser(sub)
-    add_dataset_parser(sub)
+    adapters.add_parser(sub)
+    dataset.add_parser(sub)
     for command, text in PIPELINE_COMMANDS.items():
         sub.add_parser(command, help=f"{text} (see `motioncrafter {command} --help`)", add_help=False)
     return parser
@@ -167,7 +169,3 @@ def main(argv: list[str] | None = None) -> int:
     except (ConfigError, FileNotFoundError, ValueError) as err:
         print(f"motioncrafter {args.command}: error: {err}", file=sys.stderr)
         return 2
-
-
-if __name__ == "__main__":
-    sys.exit(main())
