@@ -127,7 +127,8 @@ class SpatialStats:
     def __init__(self, *unets: nn.Module):
         from diffusers.models.transformers.transformer_2d import Transformer2DModel
 
-        self.recording, self.records = False, []
+        self.recording = False
+        self.records: list = []
         self.handles = [
             m.register_forward_hook(self._hook) for unet in unets for m in unet.modules() if isinstance(m, Transformer2DModel)
         ]

@@ -10,7 +10,7 @@ from __future__ import annotations
 import logging
 import sys
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Sized
 
 log = logging.getLogger("motioncrafter.progress")
 
@@ -34,8 +34,9 @@ class LogLines:
     def __init__(self, iterable: Iterable | None = None, *, desc: str = "", total: int | None = None,
                  unit: str = "it", disable: bool = False):
         self.iterable, self.desc, self.unit, self.disable = iterable, desc, unit, disable
-        self.total = total if total is not None else (len(iterable) if hasattr(iterable, "__len__") else None)
-        self.n, self.postfix = 0, {}
+        self.total = total if total is not None else (len(iterable) if isinstance(iterable, Sized) else None)
+        self.n = 0
+        self.postfix: dict = {}
         self.started = self.logged = time.monotonic()
         self.closed = False
 
