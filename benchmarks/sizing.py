@@ -26,20 +26,9 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from motioncrafter import published
 from motioncrafter.branches import branch_parameters, lora_targets
 
-# unet/config.json of damo-vilab/text-to-video-ms-1.7b (ZeroScope v2 has the same UNet).
-MODELSCOPE_UNET = dict(
-    block_out_channels=(320, 640, 1280, 1280), layers_per_block=2, cross_attention_dim=1024, attention_head_dim=64,
-    down_block_types=("CrossAttnDownBlock3D", "CrossAttnDownBlock3D", "CrossAttnDownBlock3D", "DownBlock3D"),
-    up_block_types=("UpBlock3D", "CrossAttnUpBlock3D", "CrossAttnUpBlock3D", "CrossAttnUpBlock3D"),
-    norm_num_groups=32, in_channels=4, out_channels=4, sample_size=32,
-)
-# Stable Diffusion 1.5's UNet + guoyww/animatediff-motion-adapter-v1-5-2 (the diffusers defaults of both).
-ANIMATEDIFF_UNET = dict(
-    block_out_channels=(320, 640, 1280, 1280), layers_per_block=2, cross_attention_dim=768, num_attention_heads=8,
-    motion_num_attention_heads=8, motion_max_seq_length=32, use_motion_mid_block=True,
-)
 # Text encoder + VAE (frozen; only needed to encode prompts and frames, both cacheable):
 # OpenCLIP ViT-H/14 text tower + SD VAE for ModelScope, CLIP ViT-L/14 text + SD VAE for AnimateDiff.
 OTHER_PARAMS = {"modelscope": 354_000_000 + 83_700_000, "animatediff": 123_000_000 + 83_700_000}
@@ -47,12 +36,8 @@ GIB = 2**30
 
 
 def build_unet(family: str) -> nn.Module:
-    from diffusers import UNet3DConditionModel, UNetMotionModel
-
     with torch.device("meta"):
-        if family == "modelscope":
-            return UNet3DConditionModel(**MODELSCOPE_UNET)
-        return UNetMotionModel(**ANIMATEDIFF_UNET)
+        return published.build_unet(family)
 
 
 def lora_size(unet: nn.Module, branch: str, rank: int) -> int:

@@ -8,8 +8,11 @@ frames (B, T, H, W, 3) uint8  <->  latents (B, C, T, h, w) float.
 
 from __future__ import annotations
 
+import contextlib
+import functools
 import hashlib
 import json
+import re
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -17,6 +20,7 @@ from typing import Any
 
 import numpy as np
 import torch
+import torch.utils.checkpoint
 
 FAMILIES = ("unet3d", "animatediff")
 
@@ -30,6 +34,7 @@ class BaseModel:
     scheduler: Any  # a diffusers scheduler
     family: str = "unet3d"
     fingerprint: str = ""
+    vocabulary: dict | None = None  # the base's own appearance-enhancement words (prompts.read_vocabulary)
 
     @property
     def device(self) -> torch.device:
@@ -37,7 +42,9 @@ class BaseModel:
 
     @property
     def dtype(self) -> torch.dtype:
-        return next(self.unet.parameters()).dtype
+        """The frozen base's dtype. Read off the text encoder, which is never tuned: tuned UNet
+        weights are kept in float32 over a bfloat16 / float16 base (see `predict`)."""
+        return next(self.text_encoder.parameters()).dtype
 
     def to(self, device: str | torch.device, dtype: torch.dtype | None = None) -> "BaseModel":
         for module in (self.text_encoder, self.vae, self.unet):
@@ -69,7 +76,24 @@ class BaseModel:
         """
         if self.family == "animatediff":
             text = text.repeat_interleave(latents.shape[2], dim=0)
-        return (unet or self.unet)(latents, t, encoder_hidden_states=text).sample
+        with self.autocast():
+            out = (unet or self.unet)(latents, t, encoder_hidden_states=text).sample
+        return out.to(latents.dtype)
+
+    def autocast(self):
+        """Mixed precision over a bfloat16 / float16 base (the diffusers training-script convention):
+        trainable weights stay float32, every op runs in the base's dtype. Off for a float32 base."""
+        half = self.dtype in (torch.bfloat16, torch.float16)
+        return torch.autocast(self.device.type, dtype=self.dtype, enabled=half)
+
+    @functools.cached_property
+    def noise_scheduler(self):
+        """The scheduler that noises training latents: DDPM over the folder's schedule (betas,
+        prediction type), whatever class the folder samples with (Euler's add_noise, say,
+        scales differently)."""
+        from diffusers import DDPMScheduler
+
+        return DDPMScheduler.from_config(self.scheduler.config)
 
     @property
     def scaling_factor(self) -> float:
@@ -94,14 +118,101 @@ class BaseModel:
         return x.permute(0, 2, 3, 1).reshape(b, t, *x.shape[2:], 3).cpu().numpy()
 
 
+def set_gradient_checkpointing(unet: torch.nn.Module, enabled: bool) -> None:
+    """Recompute each UNet block's activations in backward instead of keeping them.
+
+    One mechanism for both families, per down / mid / up block: diffusers' UNet3DConditionModel
+    declares no checkpointing support (0.42: `_supports_gradient_checkpointing = False`, and its
+    3D blocks never read the flag). Non-reentrant `torch.utils.checkpoint`; while a block is
+    recomputed its active LoRA adapters and requires_grad flags are put back as they were in
+    its forward: tuning switches both between the passes of one step (`trainer._Branches`), and
+    a recomputation that differs from the forward is wrong (torch raises when it notices).
+    """
+    for block in [*unet.down_blocks, unet.mid_block, *unet.up_blocks]:
+        patched = "_mc_forward" in vars(block)
+        if enabled and not patched:
+            block._mc_forward = block.forward
+            block.forward = functools.partial(_checkpointed, block)
+        elif not enabled and patched:
+            del block._mc_forward, block.forward  # the class's forward again
+
+
+def _checkpointed(block: torch.nn.Module, *args, **kwargs):
+    if not torch.is_grad_enabled():
+        return block._mc_forward(*args, **kwargs)
+    from peft.tuners.tuners_utils import BaseTunerLayer
+
+    params = list(block.parameters())
+    layers = [m for m in block.modules() if isinstance(m, BaseTunerLayer)]
+
+    def state():
+        return [list(m.active_adapters) for m in layers], [p.requires_grad for p in params]
+
+    def set_state(active, flags):
+        for layer, names in zip(layers, active):
+            layer.set_adapter(names)  # (peft's set_adapter switches requires_grad too: set after)
+        for p, flag in zip(params, flags):
+            p.requires_grad_(flag)
+
+    in_forward = state()
+
+    @contextlib.contextmanager
+    def as_in_forward():
+        now = state()
+        set_state(*in_forward)
+        try:
+            yield
+        finally:
+            set_state(*now)
+
+    return torch.utils.checkpoint.checkpoint(
+        block._mc_forward, *args, use_reentrant=False, context_fn=lambda: (contextlib.nullcontext(), as_in_forward()), **kwargs
+    )
+
+
+# Every file a model's weights can come in, pickled ones too: two bases that differ only in
+# their .bin files must not share a fingerprint (and adapters could not tell them apart).
+WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth", ".ckpt", ".msgpack", ".h5", ".onnx", ".gguf")
+
+
 def fingerprint_folder(folder: str | Path) -> str:
     """sha256 over the weight files of a diffusers folder (names and bytes), first 16 hex digits."""
     root = Path(folder)
     h = hashlib.sha256()
-    for path in sorted(root.rglob("*.safetensors")):
+    for path in sorted(p for p in root.rglob("*") if p.is_file() and p.name.endswith(WEIGHT_SUFFIXES)):
         h.update(str(path.relative_to(root)).encode())
-        h.update(path.read_bytes())
+        with path.open("rb") as f:
+            for chunk in iter(lambda: f.read(1 << 24), b""):
+                h.update(chunk)
     return h.hexdigest()[:16]
+
+
+_SAFE = re.compile(r"^(?:diffusion_pytorch_model|model)(?:\.(?P<variant>\w+))?(?:-\d{5}-of-\d{5})?\.safetensors$")
+
+
+def weights_variant(component: Path) -> str | None:
+    """The `variant` to load a component folder with: None when it has plain safetensors weights,
+    else the one variant it ships (ModelScope: `*.fp16.safetensors` only). Refuses pickled-only
+    components: nothing a user hands in is unpickled."""
+    names = sorted(p.name for p in component.iterdir() if p.is_file())
+    variants = {m["variant"] for m in map(_SAFE.match, names) if m}
+    if None in variants:
+        return None
+    if len(variants) == 1:
+        return variants.pop()
+    if variants:
+        raise ValueError(f"{component}: several weight variants {sorted(variants)} and no plain weights; keep one")
+    pickled = [n for n in names if n.endswith((".bin", ".pt", ".pth", ".ckpt"))]
+    if pickled:
+        config = json.loads((component / "config.json").read_text()) if (component / "config.json").exists() else {}
+        cls = config.get("_class_name") or (config.get("architectures") or ["<its class>"])[0]
+        raise ValueError(
+            f"{component}: only pickled weights ({', '.join(pickled)}); MotionCrafter loads safetensors only and never "
+            f"unpickles a model file. Convert it once, where you trust the file: "
+            f"`{cls}.from_pretrained('{component}').save_pretrained('{component}', safe_serialization=True)` "
+            f"(add variant='fp16' to both for *.fp16.bin files)"
+        )
+    raise FileNotFoundError(f"{component}: no weights (expected diffusion_pytorch_model.safetensors or model.safetensors)")
 
 
 def detect_family(folder: str | Path) -> str:
@@ -122,34 +233,48 @@ def detect_family(folder: str | Path) -> str:
 
 
 def load_base(folder: str | Path, device: str = "cpu", dtype: torch.dtype = torch.float32) -> BaseModel:
-    """Load a base model from a local diffusers folder (see `motioncrafter.storage` for URIs)."""
-    from diffusers import AutoencoderKL, DDIMScheduler
+    """Load a base model from a local diffusers folder (see `motioncrafter.storage` for URIs).
+
+    Published layouts: ModelScope / ZeroScope (`TextToVideoSDPipeline`, with or without the
+    `fp16` variant), AnimateDiff as `AnimateDiffPipeline` saves it (unet/ a UNetMotionModel)
+    or as an image UNet beside motion_adapter/. Safetensors only; the scheduler is the class
+    the folder names (what `render.scheduler = "base"` samples with).
+    """
+    import diffusers
+    from diffusers import AutoencoderKL
     from transformers import CLIPTextModel, CLIPTokenizer
+
+    from motioncrafter.prompts import read_vocabulary
 
     folder = Path(folder)
     family = detect_family(folder)
+
+    def load(cls, name: str):
+        path = folder / name
+        if not path.is_dir():
+            raise FileNotFoundError(f"{folder}: no {name}/ folder, which a {family} base needs")
+        return cls.from_pretrained(path, variant=weights_variant(path), use_safetensors=True, torch_dtype=dtype)
+
     if family == "unet3d":
-        from diffusers import UNet3DConditionModel
-
-        unet = UNet3DConditionModel.from_pretrained(folder / "unet")
+        unet = load(diffusers.UNet3DConditionModel, "unet")
+    elif json.loads((folder / "unet" / "config.json").read_text()).get("_class_name") == "UNetMotionModel":
+        unet = load(diffusers.UNetMotionModel, "unet")
     else:
-        from diffusers import MotionAdapter, UNet2DConditionModel, UNetMotionModel
-
-        if (folder / "unet" / "config.json").exists() and "UNetMotionModel" in (folder / "unet" / "config.json").read_text():
-            unet = UNetMotionModel.from_pretrained(folder / "unet")
-        else:
-            unet = UNetMotionModel.from_unet2d(
-                UNet2DConditionModel.from_pretrained(folder / "unet"),
-                MotionAdapter.from_pretrained(folder / "motion_adapter"),
-            )
+        unet = diffusers.UNetMotionModel.from_unet2d(load(diffusers.UNet2DConditionModel, "unet"),
+                                                     load(diffusers.MotionAdapter, "motion_adapter")).to(dtype)
+    sched_cfg = diffusers.DDIMScheduler.load_config(folder / "scheduler")
+    sched_cls = getattr(diffusers, str(sched_cfg.get("_class_name")), None)
+    if not (isinstance(sched_cls, type) and issubclass(sched_cls, diffusers.SchedulerMixin)):
+        raise ValueError(f"{folder}/scheduler: {sched_cfg.get('_class_name')!r} is not a diffusers scheduler")
     base = BaseModel(
         tokenizer=CLIPTokenizer.from_pretrained(folder / "tokenizer"),
-        text_encoder=CLIPTextModel.from_pretrained(folder / "text_encoder"),
-        vae=AutoencoderKL.from_pretrained(folder / "vae"),
+        text_encoder=load(CLIPTextModel, "text_encoder"),
+        vae=load(AutoencoderKL, "vae"),
         unet=unet,
-        scheduler=DDIMScheduler.from_pretrained(folder / "scheduler"),
+        scheduler=sched_cls.from_config(sched_cfg),
         family=family,
         fingerprint=fingerprint_folder(folder),
+        vocabulary=read_vocabulary(folder),
     )
     for module in (base.text_encoder, base.vae, base.unet):
         module.requires_grad_(False).eval()

@@ -34,7 +34,7 @@ def _check(cond: bool, where: str, msg: str) -> None:
 class ModelConfig:
     base_model: str = ""  # local folder or fsspec URI of a diffusers model; "" = shipped MovingShapes base
     device: str = "auto"  # auto | cpu | cuda | cuda:N
-    dtype: str = "float32"  # float32 | float16 | bfloat16
+    dtype: str = "float32"  # of the frozen base: float32 | float16 | bfloat16 (tuned weights stay float32, under autocast)
     cache_dir: str = "~/.cache/motioncrafter"  # where remote base models are copied once
 
     def __post_init__(self) -> None:
@@ -64,7 +64,7 @@ class RenderConfig:
     num_steps: int = 25  # denoising steps
     guidance_scale: float = 4.0  # classifier-free guidance; 1 disables it
     negative_prompt: str = ""  # the unconditional prompt of classifier-free guidance
-    scheduler: str = "ddim"  # ddim | dpm (DPM-Solver++ multistep)
+    scheduler: str = "base"  # base: the class the base's folder names | ddim | dpm (DPM-Solver++ multistep)
     num_frames: int = 8  # frames of each generated video
     height: int = 32  # generated frame height (a multiple of the VAE's downsampling)
     width: int = 32  # generated frame width
@@ -74,7 +74,7 @@ class RenderConfig:
     adapter_schedule: list[list[float]] = field(default_factory=list)  # [[from_share, scale], ...]: motion adapters' scale by share of denoising steps done; [] = constant
 
     def __post_init__(self) -> None:
-        _check(self.scheduler in ("ddim", "dpm"), "render.scheduler", f"{self.scheduler!r} is not ddim or dpm")
+        _check(self.scheduler in ("base", "ddim", "dpm"), "render.scheduler", f"{self.scheduler!r} is not base, ddim or dpm")
         starts = [p[0] for p in self.adapter_schedule if len(p) == 2]
         _check(len(starts) == len(self.adapter_schedule) and starts == sorted(starts) and all(0 <= s < 1 for s in starts),
                "render.adapter_schedule", f"must be [[from_share, scale], ...] with ascending shares in [0, 1), got {self.adapter_schedule}")
@@ -88,32 +88,34 @@ class MetricsConfig:
     flow_size: int = 64  # frames are resized to this before optical flow
 
 
-def _toyworld_subjects() -> list[str]:
-    from motioncrafter.toyworld.world import COLOURS, SHAPES
-
-    return [f"a {c} {s}" for c in COLOURS for s in SHAPES]
-
-
-def _toyworld_scenes() -> list[str]:
-    from motioncrafter.toyworld.world import BACKGROUNDS
-
-    return [f"on a {b} background" for b in BACKGROUNDS]
+# Everyday subjects and scenes, swapped into a clip's prompt by appearance enhancement when
+# neither the configuration nor the base's folder (enhance.json) lists its own.
+GENERAL_SUBJECTS = [
+    "a man", "a woman", "a child", "an old man", "a young woman", "a dog", "a cat", "a horse", "a bear", "a lion",
+    "a panda", "a monkey", "a bird", "a robot", "an astronaut", "a knight in armour", "a teddy bear", "a car",
+]
+GENERAL_SCENES = [
+    "in a forest", "on a beach", "in a city street", "in a snowy field", "in a desert", "on the moon",
+    "in a kitchen", "on a stage", "in a park", "under the sea", "in a living room", "on a mountain top",
+]
 
 
 @dataclass
 class EnhanceConfig:
-    """Appearance prior enhancement vocabularies. Defaults fit the MovingShapes base;
-    for a real base list everyday subjects and scenes ("a bear", "in a forest")."""
+    """Appearance prior enhancement vocabularies. Empty lists take the base folder's own
+    (`enhance.json`; the shipped MovingShapes base has one), else everyday words
+    (`GENERAL_SUBJECTS`, `GENERAL_SCENES`)."""
 
-    subjects: list[str] = field(default_factory=_toyworld_subjects)  # subjects swapped in for the clip's subject
-    scenes: list[str] = field(default_factory=_toyworld_scenes)  # scenes swapped in for the clip's scene
+    subjects: list[str] = field(default_factory=list)  # subjects swapped in for the clip's subject; [] = the base's, else everyday ones
+    scenes: list[str] = field(default_factory=list)  # scenes swapped in for the clip's scene; [] = the base's, else everyday ones
     scene_words: list[str] = field(  # nouns that make a trailing "on/in/at ..." phrase a scene
-        default_factory=lambda: ["background", "forest", "beach", "street", "room", "city", "field", "snow", "desert", "moon", "sea", "park", "kitchen", "stage"]
+        default_factory=lambda: ["background", "forest", "beach", "street", "room", "city", "field", "snow", "desert", "moon",
+                                 "sea", "park", "kitchen", "stage", "mountain", "top", "garden", "road", "river", "lake", "sky"]
     )
     swap_scene_prob: float = 0.5  # chance that an enhanced prompt also swaps the scene
 
     def __post_init__(self) -> None:
-        _check(len(self.subjects) >= 2, "enhance.subjects", "needs at least two subjects to swap between")
+        _check(len(self.subjects) != 1, "enhance.subjects", "needs at least two subjects to swap between (or none: the defaults)")
         _check(0 <= self.swap_scene_prob <= 1, "enhance.swap_scene_prob", f"must be in [0, 1], got {self.swap_scene_prob}")
 
 
@@ -157,6 +159,7 @@ class TuneConfig:
     beta: float = 1.0  # MotionDirector appearance-debiasing weight of the anchor frame
     num_frames: int = 8  # frames of the clip the adapter learns from
     batch: int = 1  # noise draws of the clip per step and rank
+    gradient_checkpointing: bool = False  # recompute UNet block activations in backward: less memory, more time
     grad_clip: float = 1.0  # max gradient norm; 0 disables clipping
     seed: int = 0  # same seed, same adapter bytes on CPU
     engine: str = "torch"  # torch (AdamW) | deepspeed

@@ -58,7 +58,10 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
-def ds_config(cfg: TuneConfig, world_size: int) -> dict:
+def ds_config(cfg: TuneConfig, world_size: int, dtype: torch.dtype = torch.float32) -> dict:
+    """`dtype` is the frozen base's: over bfloat16 / float16 DeepSpeed's own mixed precision runs
+    (the module in that dtype, float32 master weights of the trainable ones in its optimizer,
+    dynamic loss scaling for float16)."""
     zero: dict = {"stage": cfg.zero_stage}
     if cfg.offload and cfg.zero_stage > 0:
         zero["offload_optimizer"] = {"device": "cpu"}
@@ -69,8 +72,8 @@ def ds_config(cfg: TuneConfig, world_size: int) -> dict:
         "gradient_accumulation_steps": 1,
         "train_batch_size": cfg.batch * world_size,
         "gradient_clipping": cfg.grad_clip,
-        "bf16": {"enabled": False},
-        "fp16": {"enabled": False},
+        "bf16": {"enabled": dtype == torch.bfloat16},
+        "fp16": {"enabled": dtype == torch.float16, "loss_scale": 0},  # 0: dynamic
         "zero_optimization": zero,
         "zero_allow_untested_optimizer": True,
         "zero_force_ds_cpu_optimizer": False,  # torch AdamW with offload; DeepSpeedCPUAdam needs a C++ build
@@ -81,13 +84,13 @@ def ds_config(cfg: TuneConfig, world_size: int) -> dict:
 class DeepSpeedEngine:
     """`deepspeed.initialize` around the UNet, with a torch AdamW over the trainable groups."""
 
-    def __init__(self, model: nn.Module, param_groups: list[dict], cfg: TuneConfig):
+    def __init__(self, model: nn.Module, param_groups: list[dict], cfg: TuneConfig, dtype: torch.dtype = torch.float32):
         deepspeed = _import_deepspeed()
         init_distributed()
         self.model, self.stage = model, cfg.zero_stage
         optimizer = torch.optim.AdamW(param_groups, weight_decay=cfg.weight_decay)
         self.engine, *_ = deepspeed.initialize(
-            model=model, optimizer=optimizer, config=ds_config(cfg, torch.distributed.get_world_size())
+            model=model, optimizer=optimizer, config=ds_config(cfg, torch.distributed.get_world_size(), dtype)
         )
 
     def backward(self, loss: torch.Tensor) -> None:

@@ -15,20 +15,31 @@ from motioncrafter.config import TuneConfig
 
 
 class TorchEngine:
-    """AdamW with gradient clipping, in this process only."""
+    """AdamW with gradient clipping, in this process only.
 
-    def __init__(self, param_groups: list[dict], cfg: TuneConfig):
+    Over a bfloat16 / float16 base the trainable weights are made float32 (the diffusers
+    training scripts' `cast_training_params`; `BaseModel.predict` runs under autocast), and
+    float16 scales the loss (`torch.amp.GradScaler`) so small gradients do not flush to zero.
+    """
+
+    def __init__(self, param_groups: list[dict], cfg: TuneConfig, dtype: torch.dtype = torch.float32):
         self.params = [p for g in param_groups for p in g["params"]]
+        for p in self.params:
+            p.data = p.data.float()
         self.optimizer = torch.optim.AdamW(param_groups, weight_decay=cfg.weight_decay)
         self.grad_clip = cfg.grad_clip
+        device = self.params[0].device.type if self.params else "cpu"
+        self.scaler = torch.amp.GradScaler(device, enabled=dtype == torch.float16)
 
     def backward(self, loss: torch.Tensor) -> None:
-        loss.backward()
+        self.scaler.scale(loss).backward()
 
     def step(self) -> None:
+        self.scaler.unscale_(self.optimizer)
         if self.grad_clip:
             torch.nn.utils.clip_grad_norm_(self.params, self.grad_clip)
-        self.optimizer.step()
+        self.scaler.step(self.optimizer)  # skipped when float16 gradients overflowed
+        self.scaler.update()
         self.optimizer.zero_grad(set_to_none=True)
 
     def gather(self, params: list[nn.Parameter]):
@@ -38,9 +49,10 @@ class TorchEngine:
         pass
 
 
-def make_engine(model: nn.Module, param_groups: list[dict], cfg: TuneConfig):
+def make_engine(model: nn.Module, param_groups: list[dict], cfg: TuneConfig, dtype: torch.dtype = torch.float32):
+    """`dtype`: the frozen base's (`BaseModel.dtype`); it picks the mixed precision."""
     if cfg.engine == "torch":
-        return TorchEngine(param_groups, cfg)
+        return TorchEngine(param_groups, cfg, dtype)
     from motioncrafter.distributed import DeepSpeedEngine
 
-    return DeepSpeedEngine(model, param_groups, cfg)
+    return DeepSpeedEngine(model, param_groups, cfg, dtype)

@@ -23,9 +23,10 @@ from motioncrafter.progress import progress
 
 
 def make_scheduler(base: BaseModel, name: str):
+    """A fresh sampler over the base's schedule: "base" is the class its folder names."""
     from diffusers import DDIMScheduler, DPMSolverMultistepScheduler
 
-    cls = DDIMScheduler if name == "ddim" else DPMSolverMultistepScheduler
+    cls = {"base": type(base.scheduler), "ddim": DDIMScheduler, "dpm": DPMSolverMultistepScheduler}[name]
     return cls.from_config(base.scheduler.config)
 
 

@@ -36,13 +36,13 @@ import torch
 
 from motioncrafter import adapters as ad
 from motioncrafter import losses
-from motioncrafter.base import BaseModel
+from motioncrafter.base import BaseModel, set_gradient_checkpointing
 from motioncrafter.branches import branch_parameters, lora_targets
 from motioncrafter.config import AdapterConfig, EnhanceConfig, TuneConfig
 from motioncrafter.engines import make_engine
 from motioncrafter.modes import MODES, Mode
 from motioncrafter.progress import progress
-from motioncrafter.prompts import enhance
+from motioncrafter.prompts import enhance, vocabulary_for
 
 MOTION, SPATIAL = "_tune_motion", "_tune_spatial"
 
@@ -140,7 +140,7 @@ class _Branches:
         with torch.no_grad():
             for n, p in self.groups[MOTION].items():
                 if n in self.original:
-                    p.copy_(self.original[n])
+                    p.data = self.original[n]  # its dtype too: the engine made trainable weights float32
         self.unet.requires_grad_(False)
 
 
@@ -179,7 +179,7 @@ def tune_clip(
     frames = np.asarray(frames)
     idx = _frame_indices(frames, tune.num_frames)
     frames = frames[idx]
-    enhance_cfg = enhance_cfg or EnhanceConfig()
+    enhance_cfg = vocabulary_for(enhance_cfg or EnhanceConfig(), base.vocabulary)
     mode = MODES[tune.mode]
     rank, world = _rank_and_world()
     started = time.time()
@@ -190,20 +190,21 @@ def tune_clip(
     was_training = unet.training
     with torch.no_grad():
         x0 = base.encode_frames(frames[None]) if latents is None else torch.as_tensor(latents, device=base.device)[None, :, idx]
-        x0 = x0.repeat(tune.batch, 1, 1, 1, 1)
+        x0 = x0.float().repeat(tune.batch, 1, 1, 1, 1)  # noise, targets and losses in float32 whatever the base
         text = base.encode_prompts([prompt]).repeat(tune.batch, 1, 1)
     # peft initialises LoRA and UNet3D draws dropout from the global RNG: seeded here for
     # determinism, and the caller's RNG state is restored afterwards
     with torch.random.fork_rng(devices=[base.device] if base.device.type == "cuda" else []):
         torch.manual_seed(tune.seed)
         branches = _Branches(base, mode, adapter, tune)
-        engine = make_engine(unet, branches.param_groups(tune), tune)
+        engine = make_engine(unet, branches.param_groups(tune), tune, base.dtype)
         step_fn = _Step(base, branches, mode, tune, prompt, subject, enhance_cfg, rank)
         history: list[dict] = []
         snapshots: dict[int, ad.Adapter] = {}
         bar = progress(range(tune.steps), desc=f"tune {tune.mode}", disable=not tune.progress or rank != 0, leave=False)
         try:
             unet.train()
+            set_gradient_checkpointing(unet, tune.gradient_checkpointing)
             for step in bar:
                 parts = step_fn(x0, text)
                 loss = sum(v * (tune.lambda_app if k == "app" else 1.0) for k, v in parts.items())
@@ -221,6 +222,7 @@ def tune_clip(
         finally:
             step_fn.close()
             engine.close()
+            set_gradient_checkpointing(unet, False)
             branches.restore()
             unet.train(was_training)
 
@@ -247,7 +249,7 @@ class _Step:
 
     def __call__(self, x0: torch.Tensor, text: torch.Tensor) -> dict[str, torch.Tensor]:
         tune, mode, branches = self.tune, self.mode, self.branches
-        noisy = losses.add_noise(self.base.scheduler, x0, self.gen, self.ranges)
+        noisy = losses.add_noise(self.base.noise_scheduler, x0, self.gen, self.ranges)
         zt, y, t = noisy.latents, noisy.target, noisy.timesteps
         on_motion = losses.in_range(t, tune.motion_timesteps, self.num_train)
         on_app = losses.in_range(t, tune.appearance_timesteps, self.num_train) if self.use_app else torch.zeros_like(on_motion)

@@ -232,4 +232,6 @@ def debug_base(family: str = "unet3d", seed: int = 0, cfg: TinyBaseConfig | None
         raise ValueError(f"unknown family {family!r}; expected unet3d or animatediff")
     for name in ("text_encoder", "vae", "unet"):
         parts[name].requires_grad_(False).eval()
-    return BaseModel(**parts, family=family, fingerprint=f"debug-{family}-{seed}")
+    from motioncrafter.toyworld.world import enhance_vocabulary
+
+    return BaseModel(**parts, family=family, fingerprint=f"debug-{family}-{seed}", vocabulary=enhance_vocabulary())

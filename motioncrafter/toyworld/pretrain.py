@@ -293,7 +293,16 @@ def export(base: BaseModel, out: Path, meta: dict) -> str:
     pipe.save_pretrained(str(out), safe_serialization=True)
     fingerprint = fingerprint_folder(out)
     (out / "toyworld.json").write_text(json.dumps({**meta, "fingerprint": fingerprint}, indent=2) + "\n")
+    write_vocabulary(out)
     return fingerprint
+
+
+def write_vocabulary(out: Path) -> None:
+    """The base's own enhancement vocabulary (prompts.VOCABULARY_FILE): the world's words only."""
+    from motioncrafter.prompts import VOCABULARY_FILE
+    from motioncrafter.toyworld.world import enhance_vocabulary
+
+    (out / VOCABULARY_FILE).write_text(json.dumps(enhance_vocabulary(), indent=2) + "\n")
 
 
 def parse_args(argv=None):

@@ -224,3 +224,8 @@ def write_clips(specs: list[ClipSpec], out_dir: str | Path, cfg: WorldConfig = W
     manifest = out / "manifest.jsonl"
     manifest.write_text("".join(json.dumps(r) + "\n" for r in rows))
     return manifest
+
+
+def enhance_vocabulary() -> dict:
+    """What appearance enhancement swaps in on a MovingShapes base: the world's subjects and scenes."""
+    return {"subjects": [f"a {c} {s}" for c in COLOURS for s in SHAPES], "scenes": [f"on a {b} background" for b in BACKGROUNDS]}

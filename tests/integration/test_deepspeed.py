@@ -69,3 +69,24 @@ def test_single_process_deepspeed_matches_torch_engine_shape():
     # same seed, one rank, same AdamW: the same update up to float rounding
     for k in plain.adapter.tensors:
         torch.testing.assert_close(plain.adapter.tensors[k], ds.adapter.tensors[k], rtol=1e-4, atol=1e-5)
+
+
+def test_deepspeed_mixed_precision_over_a_bfloat16_base():
+    """DeepSpeed's own bf16 (module in bf16, float32 masters in its optimizer) follows the torch
+    engine's autocast run on the same bfloat16 base, and leaves the base as it was."""
+    from motioncrafter.toyworld.model import debug_base
+    from motioncrafter.toyworld.world import ClipSpec, render
+    from motioncrafter.trainer import tune_clip
+
+    base = debug_base("unet3d").to("cpu", torch.bfloat16)
+    before = {k: v.clone() for k, v in base.unet.state_dict().items()}
+    clip = render(ClipSpec("blue", "square", "white", "circle"))
+    cfg = TuneConfig(steps=3, progress=False, log_every=1)
+    plain = tune_clip(base, clip.frames, clip.caption, cfg)
+    ds = tune_clip(base, clip.frames, clip.caption, replace(cfg, engine="deepspeed"))
+    torch.testing.assert_close([h["loss"] for h in ds.history], [h["loss"] for h in plain.history], rtol=2e-2, atol=0)
+    scale = max(float(v.abs().max()) for v in plain.adapter.tensors.values())
+    for k, v in plain.adapter.tensors.items():  # bf16 rounding of the weights DeepSpeed keeps in the module
+        assert float((ds.adapter.tensors[k].float() - v).abs().max()) < 0.05 * scale, k
+    after = base.unet.state_dict()
+    assert all(torch.equal(after[k], before[k]) and after[k].dtype == torch.bfloat16 for k in before)

@@ -21,7 +21,7 @@ from motioncrafter.config import (
 def test_defaults_load():
     cfg = load_config()
     assert cfg == Config()
-    assert cfg.render.num_steps == 25 and cfg.render.scheduler == "ddim"
+    assert cfg.render.num_steps == 25 and cfg.render.scheduler == "base"
     assert cfg.tune.mode == "motioncrafter" and cfg.adapter.kind == "lora"
     assert cfg.enhance.subjects and cfg.enhance.scenes  # MovingShapes vocabularies
     assert set(cfg.to_dict()) == {f.name for f in dataclasses.fields(Config)}

@@ -7,8 +7,8 @@ import random
 import pytest
 
 from motioncrafter.config import EnhanceConfig
-from motioncrafter.prompts import enhance, find_scene, find_subject
-from motioncrafter.toyworld.world import BACKGROUNDS, COLOURS, MOTIONS, SHAPES, caption
+from motioncrafter.prompts import enhance, find_scene, find_subject, vocabulary_for
+from motioncrafter.toyworld.world import BACKGROUNDS, COLOURS, MOTIONS, SHAPES, caption, enhance_vocabulary
 
 SCENE_WORDS = EnhanceConfig().scene_words
 
@@ -79,8 +79,8 @@ def test_enhance_swaps_subject_never_to_itself():
     assert seen == {"a bear", "a robot", "a red circle"}  # every other subject is used
 
 
-def test_enhance_moving_shapes_default_vocabulary():
-    cfg = EnhanceConfig(swap_scene_prob=0.0)
+def test_enhance_moving_shapes_vocabulary():
+    cfg = vocabulary_for(EnhanceConfig(swap_scene_prob=0.0), enhance_vocabulary())
     prompt = caption("red", "circle", "zigzag", "black")
     rng = random.Random(1)
     for _ in range(50):
@@ -118,7 +118,7 @@ def test_enhance_scene_kept_with_prob_0():
 
 
 def test_enhance_moving_shapes_scene_swap():
-    cfg = EnhanceConfig(swap_scene_prob=1.0)
+    cfg = vocabulary_for(EnhanceConfig(swap_scene_prob=1.0), enhance_vocabulary())
     prompt = caption("red", "circle", "left_to_right", "black")
     rng = random.Random(4)
     for _ in range(30):
@@ -141,9 +141,11 @@ def test_enhance_explicit_subject():
     assert out.startswith("Slowly, ") and "Man" not in out
 
 
-def test_enhance_subject_not_in_prompt_raises():
-    with pytest.raises(ValueError, match=r"subject 'a bear' does not occur in the prompt 'a man is serving a pizza'"):
-        enhance("a man is serving a pizza", random.Random(0), _cfg(), subject="a bear")
+def test_enhance_subject_not_in_prompt_falls_back_to_a_prefix():
+    for seed in range(10):
+        out = enhance("a man is serving a pizza", random.Random(seed), _cfg(swap_scene_prob=0.0), subject="a bear")
+        new, _, rest = out.partition(", ")
+        assert rest == "a man is serving a pizza" and new in _cfg().subjects and new != "a bear"
 
 
 def test_enhance_is_deterministic_given_rng():
@@ -152,3 +154,71 @@ def test_enhance_is_deterministic_given_rng():
     assert len(set(a)) == 1
     many = {enhance("a man is serving a pizza in a kitchen", random.Random(s), cfg) for s in range(30)}
     assert len(many) > 3
+
+
+# Ordinary captions of real clips: commas, parentheses, quotes, plurals, numbers, no article,
+# non-ASCII, markup. (prompt, the subject the heuristic must find)
+CORPUS = [
+    ("A man (in a red coat) walks in a park", "A man"),
+    ("two kids play football in a field", "two kids"),
+    ("3 dogs run across the beach", "3 dogs"),
+    ("dogs running on the beach", "dogs"),
+    ("A woman, smiling, dances on a stage", "A woman"),
+    ('"A cat" jumps onto a sofa', "A cat"),
+    ("a girl's kite flies over the sea", "a girl's kite"),
+    ("Ein Hund läuft durch den Park", "Ein Hund läuft durch den Park"),
+    ("an old man is walking his dog", "an old man"),
+    ("<b>a skateboarder</b> rides down a road", "a skateboarder"),
+    ("a&nbsp;fox jumps over a log", "a&nbsp;fox"),
+    ("several birds fly across the sky at sunset", "several birds"),
+    ("A bear eats honey.", "A bear"),
+    ("café owner pours coffee", "café owner"),
+    ("the camera orbits around a statue", "the camera"),
+    ("a dancer in a white dress spins", "a dancer"),
+]
+
+
+@pytest.mark.parametrize("prompt, subject", CORPUS)
+def test_corpus_subject_is_found_as_written(prompt, subject):
+    found = find_subject(prompt)
+    assert found == subject and found in prompt
+
+
+@pytest.mark.parametrize("prompt", [p for p, _ in CORPUS] + ["", "   ", "!!!", "(((", "猫がボールで遊んでいる", "a"])
+def test_corpus_enhancement_never_fails_and_changes_the_subject(prompt):
+    cfg = EnhanceConfig(swap_scene_prob=0.5)  # the everyday defaults
+    full = vocabulary_for(cfg, None)
+    for seed in range(20):
+        out = enhance(prompt, random.Random(seed), cfg)
+        assert out != prompt and any(s in out for s in full.subjects), (prompt, out)
+        subject = find_subject(prompt)
+        if subject and subject in out:  # the old subject is gone unless the new one contains it
+            assert any(subject in s for s in full.subjects if s in out), (prompt, out)
+
+
+def test_issue_examples():
+    rng = random.Random(0)
+    cfg = EnhanceConfig(swap_scene_prob=0.0)
+    for _ in range(20):
+        out = enhance("A man (in a red coat) walks in a park", rng, cfg)
+        assert out.endswith(" (in a red coat) walks in a park") and not out.startswith("A man")
+        out = enhance("two kids play football in a field", rng, cfg)
+        assert out.endswith(" play football in a field") and "kids" not in out and "circle" not in out
+
+
+def test_defaults_are_everyday_words_and_the_shipped_base_brings_its_own():
+    import subprocess
+    import sys
+
+    from motioncrafter.base import load_base
+    from motioncrafter.config import GENERAL_SUBJECTS
+    from motioncrafter.toyworld import BASE_DIR
+
+    assert vocabulary_for(EnhanceConfig(), None).subjects == GENERAL_SUBJECTS
+    assert not any("circle" in s or "background" in s for s in GENERAL_SUBJECTS)
+    shipped = load_base(BASE_DIR).vocabulary
+    assert shipped == enhance_vocabulary()
+    assert vocabulary_for(EnhanceConfig(), shipped).subjects == enhance_vocabulary()["subjects"]
+    assert vocabulary_for(EnhanceConfig(subjects=["a bear", "a robot"]), shipped).subjects == ["a bear", "a robot"]  # config wins
+    code = "import sys, motioncrafter.config; print(any(m.startswith('motioncrafter.toyworld') for m in sys.modules))"
+    assert subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.strip() == "False"
