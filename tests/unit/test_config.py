@@ -23,7 +23,7 @@ def test_defaults_load():
     assert cfg == Config()
     assert cfg.render.num_steps == 25 and cfg.render.scheduler == "base"
     assert cfg.tune.mode == "motioncrafter" and cfg.adapter.kind == "lora"
-    assert cfg.enhance.subjects and cfg.enhance.scenes  # MovingShapes vocabularies
+    assert cfg.enhance.subjects == [] and cfg.enhance.scenes == []  # the base's own, else everyday words (prompts.vocabulary_for)
     assert set(cfg.to_dict()) == {f.name for f in dataclasses.fields(Config)}
 
 
