@@ -16,7 +16,7 @@ import re
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 import torch
@@ -263,7 +263,7 @@ def load_base(folder: str | Path, device: str = "cpu", dtype: torch.dtype = torc
         unet = diffusers.UNetMotionModel.from_unet2d(load(diffusers.UNet2DConditionModel, "unet"),
                                                      load(diffusers.MotionAdapter, "motion_adapter")).to(dtype)
     sched_cfg = diffusers.DDIMScheduler.load_config(folder / "scheduler")
-    sched_cls = getattr(diffusers, str(sched_cfg.get("_class_name")), None)
+    sched_cls: Any = getattr(diffusers, str(sched_cfg.get("_class_name")), None)
     if not (isinstance(sched_cls, type) and issubclass(sched_cls, diffusers.SchedulerMixin)):
         raise ValueError(f"{folder}/scheduler: {sched_cfg.get('_class_name')!r} is not a diffusers scheduler")
     base = BaseModel(
@@ -271,7 +271,7 @@ def load_base(folder: str | Path, device: str = "cpu", dtype: torch.dtype = torc
         text_encoder=load(CLIPTextModel, "text_encoder"),
         vae=load(AutoencoderKL, "vae"),
         unet=unet,
-        scheduler=sched_cls.from_config(sched_cfg),
+        scheduler=cast(Any, sched_cls).from_config(sched_cfg),
         family=family,
         fingerprint=fingerprint_folder(folder),
         vocabulary=read_vocabulary(folder),

@@ -10,32 +10,33 @@ and the benchmarks (no weights can be downloaded here).
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import torch
 
 FAMILIES = ("modelscope", "animatediff")
 
 # unet/config.json of damo-vilab/text-to-video-ms-1.7b (ZeroScope v2 has the same UNet).
-MODELSCOPE_UNET = dict(
+MODELSCOPE_UNET: dict[str, Any] = dict(
     block_out_channels=(320, 640, 1280, 1280), layers_per_block=2, cross_attention_dim=1024, attention_head_dim=64,
     down_block_types=("CrossAttnDownBlock3D", "CrossAttnDownBlock3D", "CrossAttnDownBlock3D", "DownBlock3D"),
     up_block_types=("UpBlock3D", "CrossAttnUpBlock3D", "CrossAttnUpBlock3D", "CrossAttnUpBlock3D"),
     norm_num_groups=32, in_channels=4, out_channels=4, sample_size=32,
 )
 # Stable Diffusion 1.5's UNet + guoyww/animatediff-motion-adapter-v1-5-2 (the diffusers defaults of both).
-ANIMATEDIFF_UNET = dict(
+ANIMATEDIFF_UNET: dict[str, Any] = dict(
     block_out_channels=(320, 640, 1280, 1280), layers_per_block=2, cross_attention_dim=768, num_attention_heads=8,
     motion_num_attention_heads=8, motion_max_seq_length=32, use_motion_mid_block=True,
 )
 # text_encoder/config.json: OpenCLIP ViT-H/14's text tower (ModelScope), CLIP ViT-L/14's (SD 1.5)
-TEXT = {
+TEXT: dict[str, dict[str, Any]] = {
     "modelscope": dict(hidden_size=1024, intermediate_size=4096, num_hidden_layers=23, num_attention_heads=16,
                        hidden_act="gelu", projection_dim=512),
     "animatediff": dict(hidden_size=768, intermediate_size=3072, num_hidden_layers=12, num_attention_heads=12,
                         hidden_act="quick_gelu", projection_dim=768),
 }
 # vae/config.json of both (the Stable Diffusion VAE)
-VAE = dict(block_out_channels=(128, 256, 512, 512), layers_per_block=2, latent_channels=4, norm_num_groups=32,
+VAE: dict[str, Any] = dict(block_out_channels=(128, 256, 512, 512), layers_per_block=2, latent_channels=4, norm_num_groups=32,
            down_block_types=("DownEncoderBlock2D",) * 4, up_block_types=("UpDecoderBlock2D",) * 4, sample_size=512)
 # scheduler/scheduler_config.json: ModelScope's DDIM; SD 1.5's PNDM (what an AnimateDiff folder built on it names)
 SCHEDULER = {
@@ -99,7 +100,7 @@ def build_pipeline(family: str, scale: int = 8, tokenizer_dir: str | Path | None
 
     torch.manual_seed(seed)
     tok = _tokenizer(Path(tokenizer_dir or tempfile.mkdtemp(prefix="mc_tok_")))
-    text = dict(TEXT[family])
+    text: dict[str, Any] = dict(TEXT[family])
     if scale > 1:
         text.update(hidden_size=text["hidden_size"] // scale, intermediate_size=text["intermediate_size"] // scale,
                     num_hidden_layers=2, num_attention_heads=4, projection_dim=text["projection_dim"] // scale)
