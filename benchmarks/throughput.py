@@ -31,7 +31,8 @@ from motioncrafter.toyworld import BASE_DIR
 from motioncrafter.toyworld.world import HELD_OUT_MOTIONS, sample_specs, write_clips
 from pipelines.ingest import ingest
 from pipelines.manifest import load_manifest
-from pipelines.train import AdapterOutcome, train
+from pipelines.records import AdapterOutcome
+from pipelines.train import train
 
 
 def timed_train(clips, output: str, run_id: str, cfg) -> dict:

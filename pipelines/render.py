@@ -26,7 +26,7 @@ from motioncrafter.runformat import Failure, RunLayout
 from motioncrafter.video import VideoError, frame_grid, read_video, write_gif, write_mp4, write_png
 from pipelines.ingest import Clip, load_frames
 from pipelines.manifest import ManifestRow
-from pipelines.train import AdapterOutcome
+from pipelines.records import AdapterOutcome
 
 STAGE = "render"
 SLOT = "motion"  # the adapter name every motion is attached under: a hot swap, not a reload

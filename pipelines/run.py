@@ -32,7 +32,8 @@ from pipelines.evaluate import EvaluateResult, evaluate
 from pipelines.ingest import IngestResult, ingest
 from pipelines.manifest import Manifest, ManifestError, load_manifest
 from pipelines.render import render_motions, stored_renders, write_renders
-from pipelines.train import AdapterOutcome, TrainResult, committed_only, train
+from pipelines.records import AdapterOutcome
+from pipelines.train import TrainResult, committed_only, train
 
 log = logging.getLogger("motioncrafter.run")
 PACKAGES = ("motioncrafter", "torch", "diffusers", "transformers", "peft", "ray", "deepspeed", "pyarrow", "fsspec", "s3fs")

@@ -135,7 +135,7 @@ def _leased(base: str) -> tuple[SimpleNamespace, Lease]:
 
     from motioncrafter.adapters import Adapter
     from pipelines.manifest import ManifestRow
-    from pipelines.train import WorkItem
+    from pipelines.records import WorkItem
 
     result = SimpleNamespace(adapter=Adapter({"w": torch.ones(2)}, {"kind": "full"}), seconds=1.0)
     adapter_uri = storage.join(base, "adapters", "m0")

@@ -41,7 +41,8 @@ def test_the_commit_marker_is_created_once_and_a_late_commit_leaves_the_first_un
     from motioncrafter.runformat import RunLayout
     from motioncrafter.trainer import TuneResult
     from pipelines.manifest import ManifestRow
-    from pipelines.train import WorkItem, _commit
+    from pipelines.records import WorkItem
+    from pipelines.train import _commit
 
     layout = RunLayout(str(tmp_path), "run")
     item = WorkItem(ManifestRow(0, "m", "clip.mp4", "a prompt"), "frames", "latents", "abc", layout.adapter("m"),
