@@ -70,13 +70,17 @@ def redact(uri: URI) -> str:
 
 # botocore retries throttling, 5xx and dropped connections itself (5 attempts in its legacy mode);
 # `retry` does that here, for every backend alike
-_S3_OPTIONS = {"config_kwargs": {"retries": {"mode": "standard", "total_max_attempts": 1}}}
+_NO_BOTOCORE_RETRIES = {"retries": {"mode": "standard", "total_max_attempts": 1}}
 
 
 def filesystem(uri: URI) -> tuple[AbstractFileSystem, str]:
     """The fsspec filesystem that serves `uri`, and the path inside it."""
     text = str(uri)
-    options = _S3_OPTIONS if text.split("://", 1)[0] in ("s3", "s3a") and "://" in text else {}
+    options = {}
+    if "://" in text and text.split("://", 1)[0] in ("s3", "s3a"):
+        # kept: a botocore config the user set through fsspec's configuration (addressing style, ...)
+        configured = fsspec.config.conf.get("s3", {}).get("config_kwargs", {})
+        options = {"config_kwargs": {**configured, **_NO_BOTOCORE_RETRIES}}
     try:
         fs, path = fsspec.core.url_to_fs(text, **options)
     except ValueError as err:  # e.g. "Protocol not known"
