@@ -39,12 +39,12 @@ import torch
 from ray.train import FailureConfig, RunConfig, ScalingConfig
 from ray.train.torch import TorchTrainer
 from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
-from tqdm.auto import tqdm
 
 from motioncrafter import storage
 from motioncrafter.adapters import save_adapter
 from motioncrafter.base import open_base
 from motioncrafter.config import Config
+from motioncrafter.progress import progress
 from motioncrafter.runformat import AdapterProvenance, CommitMarker, Failure, RunLayout, committed_adapters
 from motioncrafter.trainer import tune_clip
 from pipelines.ingest import Clip, load_array, load_frames
@@ -267,7 +267,7 @@ def train(clips: list[Clip], layout: RunLayout, cfg: Config, connect: Callable[[
     here = NodeAffinitySchedulingStrategy(ray.get_runtime_context().get_node_id(), soft=False)
     queue = QueueActor.options(name=queue_name(layout.run_id), scheduling_strategy=here).remote(
         {c.row.motion_id: _item(c, layout) for c in todo}, pc.max_attempts, pc.lease_seconds)
-    with ThreadPoolExecutor(pc.num_gangs) as pool, tqdm(total=len(todo), desc=f"train ({pc.scheduler})", unit="clip") as bar:
+    with ThreadPoolExecutor(pc.num_gangs) as pool, progress(total=len(todo), desc=f"train ({pc.scheduler})", unit="clip") as bar:
         futures = [pool.submit(_drive, i, cfg, queue, layout.run_id) for i in range(pc.num_gangs)]
         while not all(f.done() for f in futures):
             p = ray.get(queue.progress.remote())
