@@ -16,11 +16,10 @@ import torch
 from motioncrafter import adapters as ad
 from motioncrafter import library
 
-from conftest import tune_cfg, unet_inputs
 
 
 @pytest.fixture(scope="module")
-def exported(bases, clip, tmp_path_factory):
+def exported(bases, clip, tmp_path_factory, mc):
     """Per family: (base, adapter folder, export folder) of a LoRA whose alpha is not its rank."""
     from motioncrafter.config import AdapterConfig
     from motioncrafter.trainer import tune_clip
@@ -28,7 +27,7 @@ def exported(bases, clip, tmp_path_factory):
     out = {}
     for family, base in bases.items():
         tmp = tmp_path_factory.mktemp(f"export-{family}")
-        result = tune_clip(base, clip.frames, clip.caption, tune_cfg(mode="temporal_only", steps=3),
+        result = tune_clip(base, clip.frames, clip.caption, mc.tune_cfg(mode="temporal_only", steps=3),
                            AdapterConfig(rank=4, alpha=16.0))
         ad.save_adapter(result.adapter, str(tmp / "adapter"))
         written = library.export_adapter(str(tmp / "adapter"), str(tmp / "export"))
@@ -65,13 +64,13 @@ def _pipeline(base, unet):
         return TextToVideoSDPipeline(**parts)
 
 
-def test_animatediff_load_lora_weights_gives_attach_outputs(exported) -> None:
+def test_animatediff_load_lora_weights_gives_attach_outputs(exported, mc) -> None:
     from peft.tuners.tuners_utils import BaseTunerLayer
 
     base, adapter_uri, folder, written = exported["animatediff"]
     assert {Path(w).name for w in written} == {"pytorch_lora_weights.safetensors", "adapter_model.safetensors",
                                                "adapter_config.json", "README.md"}
-    inputs = unet_inputs(base)
+    inputs = mc.unet_inputs(base)
     plain, ours = _with_attach(base, adapter_uri, inputs)
     pipe = _pipeline(base, _stock(base.unet))
     pipe.load_lora_weights(str(folder), adapter_name="motion")  # the stock call, on the folder
@@ -85,11 +84,11 @@ def test_animatediff_load_lora_weights_gives_attach_outputs(exported) -> None:
 
 
 @pytest.mark.parametrize("family", ["unet3d", "animatediff"])
-def test_peft_model_from_pretrained_gives_attach_outputs(exported, family: str) -> None:
+def test_peft_model_from_pretrained_gives_attach_outputs(exported, mc, family: str) -> None:
     from peft import PeftModel
 
     base, adapter_uri, folder, _ = exported[family]
-    inputs = unet_inputs(base)
+    inputs = mc.unet_inputs(base)
     plain, ours = _with_attach(base, adapter_uri, inputs)
     model = PeftModel.from_pretrained(_stock(base.unet), str(folder))  # the stock call
     with torch.no_grad():
@@ -122,7 +121,7 @@ def _base_motion_adapter(unet):
     return motion
 
 
-def test_full_animatediff_adapter_exports_as_a_motion_adapter_folder(bases, clip, tmp_path) -> None:
+def test_full_animatediff_adapter_exports_as_a_motion_adapter_folder(bases, clip, tmp_path, mc) -> None:
     from diffusers import MotionAdapter
 
     from motioncrafter.config import AdapterConfig
@@ -130,14 +129,14 @@ def test_full_animatediff_adapter_exports_as_a_motion_adapter_folder(bases, clip
 
     base = bases["animatediff"]
     _base_motion_adapter(base.unet).save_pretrained(tmp_path / "base" / "motion_adapter")
-    result = tune_clip(base, clip.frames, clip.caption, tune_cfg(mode="temporal_only", steps=2), AdapterConfig(kind="full"))
+    result = tune_clip(base, clip.frames, clip.caption, mc.tune_cfg(mode="temporal_only", steps=2), AdapterConfig(kind="full"))
     ad.save_adapter(result.adapter, str(tmp_path / "adapter"))
     with pytest.raises(ad.AdapterError, match="pass the base"):
         library.export_adapter(str(tmp_path / "adapter"), str(tmp_path / "nope"))
     written = library.export_adapter(str(tmp_path / "adapter"), str(tmp_path / "export"), base=str(tmp_path / "base"))
     assert {w.split("/export/")[1] for w in written} >= {"temporal_state_dict.safetensors", "motion_adapter/config.json",
                                                          "motion_adapter/diffusion_pytorch_model.safetensors", "README.md"}
-    inputs = unet_inputs(base)
+    inputs = mc.unet_inputs(base)
     plain, ours = _with_attach(base, str(tmp_path / "adapter"), inputs)
     stock = _stock(base.unet)
     # what AnimateDiffPipeline.from_pretrained(base, motion_adapter=...) does with the base's 2D UNet

@@ -7,15 +7,14 @@ import logging
 from motioncrafter import progress as progress_module
 from motioncrafter.progress import progress
 
-from conftest import tune_cfg
 
 
-def test_tuning_with_progress_on_logs_lines_not_a_redrawn_bar(bases, clip, capfd, caplog) -> None:
+def test_tuning_with_progress_on_logs_lines_not_a_redrawn_bar(bases, clip, capfd, caplog, mc) -> None:
     from motioncrafter.config import AdapterConfig
     from motioncrafter.trainer import tune_clip
 
     caplog.set_level(logging.INFO, logger="motioncrafter.progress")
-    tune_clip(bases["unet3d"], clip.frames, clip.caption, tune_cfg(mode="temporal_only", steps=4, progress=True, log_every=1), AdapterConfig(rank=2))
+    tune_clip(bases["unet3d"], clip.frames, clip.caption, mc.tune_cfg(mode="temporal_only", steps=4, progress=True, log_every=1), AdapterConfig(rank=2))
     err = capfd.readouterr().err
     assert "\r" not in err and "tune" not in err  # no tqdm bar (it wrote a line per refresh here)
     lines = [r.getMessage() for r in caplog.records if r.name == "motioncrafter.progress"]
