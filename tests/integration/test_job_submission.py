@@ -115,7 +115,14 @@ def test_ray_job_submit_runs_the_pipeline(tmp_path, debug_base_dir):
         entrypoint = (f"{shlex.quote(sys.executable)} -m motioncrafter_cli run --manifest {shlex.quote(str(manifest))} "
                       f"--output {shlex.quote(str(out))} --run-id job --base-model {shlex.quote(debug_base_dir)} "
                       "--set tune.steps=2 --set render.num_steps=2 --set 'render.seeds=[0]' --set pipeline.start_timeout_s=300")
-        job_id = client.submit_job(entrypoint=entrypoint, runtime_env={"env_vars": {"PYTHONPATH": str(REPO_ROOT)}})
+        for attempt in range(60):  # the head's job agent can come up after the dashboard on a loaded machine
+            try:
+                job_id = client.submit_job(entrypoint=entrypoint, runtime_env={"env_vars": {"PYTHONPATH": str(REPO_ROOT)}})
+                break
+            except RuntimeError as err:
+                if "No available agent" not in str(err) or attempt == 59:
+                    raise
+                time.sleep(2)
 
         terminal = {JobStatus.SUCCEEDED, JobStatus.FAILED, JobStatus.STOPPED}
         deadline = time.time() + 900
