@@ -257,7 +257,7 @@ def selected_clips(args: argparse.Namespace) -> list[int]:
     return list(args.clip_ids or range(len(SPLITS[args.split]["clips"]))[: args.clips or None])
 
 
-def run(args: argparse.Namespace):
+def run(args: argparse.Namespace, partial: Path | None = None):
     import multiprocessing as mp
 
     import pandas as pd
@@ -272,6 +272,8 @@ def run(args: argparse.Namespace):
         for job, future in [(j, pool.submit(run_job, *j)) for j in jobs]:
             rows += future.result()
             print(f"done: {job[0]} clip {job[2]} ({job[3]})", flush=True)
+            if partial is not None:  # a long sweep cut short keeps the jobs it finished
+                pd.DataFrame(rows).to_parquet(partial)
     df = pd.DataFrame(rows)
     return df, summarize(df)
 
@@ -281,10 +283,10 @@ def main(argv=None) -> None:
 
     args = parse_args(argv)
     started = time.time()
-    df, table = run(args)
-    wall = time.time() - started
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
+    df, table = run(args, partial=out.with_suffix(".partial.parquet"))
+    wall = time.time() - started
     df.to_parquet(out.with_suffix(".parquet"))
     command = "python benchmarks/ablation.py " + " ".join(
         [f"--split {args.split}", "--protocols " + " ".join(args.protocols), "--steps " + " ".join(map(str, args.steps)),

@@ -19,6 +19,7 @@ from pathlib import Path
 import yaml
 
 from motioncrafter.modes import MODES as _MODES
+from motioncrafter.modes import TEMPORAL_LOSSES
 
 
 class ConfigError(ValueError):
@@ -156,7 +157,9 @@ class TuneConfig:
     temporal_prompt: str = "clip"  # clip: L_tmp under the clip's prompt | enhanced: under the enhanced prompt, one pass shared with L_app
     motion_timesteps: list[float] = field(default_factory=lambda: [0.0, 1.0])  # [start, end) share of the training schedule where L_tmp applies (1 = most noise)
     appearance_timesteps: list[float] = field(default_factory=lambda: [0.0, 1.0])  # where L_app applies; a step draws t from the union of both
+    temporal_loss: str = "auto"  # auto: the mode's own | plain | debiased: plain + MotionDirector's | centered: frame-varying part only
     beta: float = 1.0  # MotionDirector appearance-debiasing weight of the anchor frame
+    spatial_every: int = 1  # the spatial path's single-frame pass every k steps (it costs a UNet call)
     num_frames: int = 8  # frames of the clip the adapter learns from
     batch: int = 1  # noise draws of the clip per step and rank
     gradient_checkpointing: bool = False  # recompute UNet block activations in backward: less memory, more time
@@ -173,6 +176,9 @@ class TuneConfig:
         _check(self.steps >= 1, "tune.steps", f"must be >= 1, got {self.steps}")
         _check(self.lambda_app >= 0, "tune.lambda_app", f"must be >= 0, got {self.lambda_app}")
         _check(self.app_loss in APP_LOSSES, "tune.app_loss", f"{self.app_loss!r} is not one of {APP_LOSSES}")
+        _check(self.temporal_loss in ("auto", *TEMPORAL_LOSSES), "tune.temporal_loss",
+               f"{self.temporal_loss!r} is not auto or one of {TEMPORAL_LOSSES}")
+        _check(self.spatial_every >= 1, "tune.spatial_every", f"must be >= 1, got {self.spatial_every}")
         _check(self.temporal_prompt in ("clip", "enhanced"), "tune.temporal_prompt", f"{self.temporal_prompt!r} is not clip or enhanced")
         _check_range(self.motion_timesteps, "tune.motion_timesteps")
         _check_range(self.appearance_timesteps, "tune.appearance_timesteps")

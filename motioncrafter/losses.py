@@ -20,9 +20,14 @@ clip's prompt and c~ an appearance-enhanced prompt:
           (Transformer2DModel), tuned vs frozen: statistics of what is drawn, which
           barely move when the content moves.
 
-MotionDirector's baseline adds to L_tmp its appearance-debiased version: both
-sides pass through phi(x)_i = sqrt(beta^2 + 1) x_i - beta x_anchor, with one
-random anchor frame, which removes what all frames share (appearance).
+`tune.temporal_loss` chooses L_tmp:
+  plain     the denoising loss above.
+  debiased  MotionDirector's: plain plus its appearance-debiased version, both sides
+            through phi(x)_i = sqrt(beta^2 + 1) x_i - beta x_anchor with one random
+            anchor frame, which damps what all frames share (appearance).
+  centered  the denoising loss on the frame-varying part only, x - mean_T x: exactly the
+            complement of `static` below, so L_tmp(centered) + L_app(static) splits the
+            prediction into a part fitted to the clip (motion) and a part held to the base.
 
 Terms other than `denoising` return one value per sample (B,), so a term can be applied
 to the samples whose timestep lies in its range (`masked_mean`).
@@ -90,6 +95,11 @@ def denoising(pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
 def debias(x: torch.Tensor, anchor: int, beta: float) -> torch.Tensor:
     """MotionDirector's phi over the frame axis (dim 2) of (B, C, T, h, w)."""
     return math.sqrt(beta**2 + 1) * x - beta * x[:, :, anchor : anchor + 1]
+
+
+def centered(x: torch.Tensor) -> torch.Tensor:
+    """The frame-varying part of (B, C, T, h, w): what is left after the temporal mean."""
+    return x - x.mean(2, keepdim=True)
 
 
 def masked_mean(values: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:

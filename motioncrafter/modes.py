@@ -21,17 +21,19 @@ class Mode:
     name: str
     trains_unet: bool = False  # the whole UNet, not just the temporal branch
     spatial_path: bool = False  # a spatial LoRA tuned on single frames, discarded after tuning
-    debiased: bool = False  # add MotionDirector's appearance-debiased temporal loss
+    temporal_loss: str = "plain"  # plain | debiased (plain + MotionDirector's) | centered; see `losses`
     spatial_skip: float = 0.0  # share of steps on which the spatial LoRA is masked and not tuned
     appearance_norm: bool = False  # appearance normalization against the frozen base
 
+
+TEMPORAL_LOSSES = ("plain", "debiased", "centered")
 
 MODES: dict[str, Mode] = {
     m.name: m
     for m in (
         Mode("motioncrafter", spatial_path=True, appearance_norm=True),
         Mode("temporal_only"),
-        Mode("motiondirector", spatial_path=True, debiased=True, spatial_skip=0.2),
+        Mode("motiondirector", spatial_path=True, temporal_loss="debiased", spatial_skip=0.2),
         Mode("full_finetune", trains_unet=True),
     )
 }

@@ -7,6 +7,9 @@ decides which adapters exist and which loss terms are on (see `losses`):
   motioncrafter   temporal LoRA + spatial    L_tmp + L_sp + lambda * L_app
   temporal_only   temporal LoRA              L_tmp
   motiondirector  temporal LoRA + spatial    L_tmp + L_tmp(appearance-debiased) + L_sp
+
+`tune.temporal_loss` overrides the mode's form of L_tmp, `tune.spatial_every` runs
+the spatial path's pass on every k-th step only (it costs a UNet call).
   full_finetune   the whole UNet             L_tmp
 
 The spatial path's LoRA sits in the temporal path too, frozen there (the
@@ -240,6 +243,8 @@ class _Step:
         self.base, self.branches, self.mode, self.tune = base, branches, mode, tune
         self.prompt, self.subject, self.enhance_cfg = prompt, subject, enhance_cfg
         self.use_app = mode.appearance_norm and tune.lambda_app > 0
+        self.temporal_loss = mode.temporal_loss if tune.temporal_loss == "auto" else tune.temporal_loss
+        self.calls = 0
         self.ranges = [tune.motion_timesteps] + ([tune.appearance_timesteps] if self.use_app else [])
         self.num_train = base.scheduler.config.num_train_timesteps
         self.gen = torch.Generator().manual_seed(tune.seed * 1_000_003 + rank)  # ranks draw different noise
@@ -253,7 +258,9 @@ class _Step:
         zt, y, t = noisy.latents, noisy.target, noisy.timesteps
         on_motion = losses.in_range(t, tune.motion_timesteps, self.num_train)
         on_app = losses.in_range(t, tune.appearance_timesteps, self.num_train) if self.use_app else torch.zeros_like(on_motion)
-        spatial = mode.spatial_path and not (mode.spatial_skip and float(torch.rand(1, generator=self.gen)) < mode.spatial_skip)
+        spatial = mode.spatial_path and self.calls % tune.spatial_every == 0
+        spatial = spatial and not (mode.spatial_skip and float(torch.rand(1, generator=self.gen)) < mode.spatial_skip)
+        self.calls += 1
         active = [MOTION, SPATIAL] if spatial else [MOTION]
         parts: dict[str, torch.Tensor] = {}
         text_e = None
@@ -292,8 +299,10 @@ class _Step:
             return self.branches.forward(active, MOTION, zt, t, text)
 
     def _temporal(self, pred: torch.Tensor, y: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        if self.temporal_loss == "centered":
+            return losses.masked_mean(losses.per_sample(losses.centered(pred), losses.centered(y)), mask)
         per_sample = losses.per_sample(pred, y)
-        if self.mode.debiased:
+        if self.temporal_loss == "debiased":
             anchor = int(torch.randint(0, pred.shape[2], (1,), generator=self.gen))
             beta = self.tune.beta
             per_sample = per_sample + losses.per_sample(losses.debias(pred, anchor, beta), losses.debias(y, anchor, beta))

@@ -34,6 +34,39 @@ def test_static_term_gradient_has_no_frame_varying_part():
     assert pred.grad.std(dim=2).max() > 1e-4
 
 
+def test_centered_temporal_term_is_the_complement_of_the_static_one():
+    g = torch.Generator().manual_seed(0)
+    pred = torch.randn(2, 4, 8, 5, 5, generator=g, requires_grad=True)
+    target = torch.randn(2, 4, 8, 5, 5, generator=g)
+    losses.per_sample(losses.centered(pred), losses.centered(target)).sum().backward()
+    assert pred.grad.abs().sum() > 0
+    assert pred.grad.mean(dim=2).abs().max() < 1e-7  # no frame-constant part: it never moves the temporal mean
+    # a shift shared by every frame (what `static` compares) leaves the centered term unchanged
+    shifted = pred.detach() + torch.randn(2, 4, 1, 5, 5, generator=g)
+    assert torch.allclose(losses.per_sample(losses.centered(shifted), losses.centered(target)),
+                          losses.per_sample(losses.centered(pred.detach()), losses.centered(target)), atol=1e-5)
+    pred.grad = None
+    losses.per_sample(pred, target).sum().backward()  # the plain term does move the mean (the check above can fail)
+    assert pred.grad.mean(dim=2).abs().max() > 1e-4
+
+
+@pytest.mark.parametrize("mode, own", [("temporal_only", "plain"), ("motiondirector", "debiased")])
+def test_temporal_loss_switch_overrides_the_mode(bases, clip, mc, mode, own):
+    def first_tmp(temporal_loss):
+        cfg = mc.tune_cfg(mode=mode, steps=1, temporal_loss=temporal_loss, lambda_app=0.0)
+        return tune_clip(bases["unet3d"], clip.frames, clip.caption, cfg).history[0]["tmp"]
+
+    auto = first_tmp("auto")
+    assert auto == first_tmp(own)  # auto is the mode's own form
+    others = {form: first_tmp(form) for form in ("plain", "debiased", "centered") if form != own}
+    assert all(abs(value - auto) > 1e-4 for value in others.values()), (auto, others)
+
+
+def test_spatial_every_runs_the_spatial_pass_on_every_kth_step(bases, clip, mc):
+    history = tune_clip(bases["unet3d"], clip.frames, clip.caption, mc.tune_cfg(steps=6, log_every=1, spatial_every=3)).history
+    assert ["sp" in row for row in history] == [True, False, False, True, False, False]
+
+
 @pytest.mark.parametrize("app_loss", ["output", "static", "stats"])
 @pytest.mark.parametrize("temporal_prompt", ["clip", "enhanced"])
 def test_each_term_reaches_only_its_branch(fresh_base, clip, mc, app_loss, temporal_prompt):
@@ -145,6 +178,10 @@ def test_config_checks_the_new_switches():
         TuneConfig(app_loss="pixels")
     with pytest.raises(ConfigError, match="tune.motion_timesteps"):
         TuneConfig(motion_timesteps=[0.8, 0.2])
+    with pytest.raises(ConfigError, match="tune.temporal_loss"):
+        TuneConfig(temporal_loss="debias")
+    with pytest.raises(ConfigError, match="tune.spatial_every"):
+        TuneConfig(spatial_every=0)
     with pytest.raises(ConfigError, match="adapter.targets"):
         AdapterConfig(targets="v")
     with pytest.raises(ConfigError, match="render.adapter_schedule"):
