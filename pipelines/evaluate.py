@@ -71,7 +71,7 @@ class Evaluator:
         reference = load_frames(motion.frames_uri)
         results, metrics = [], []
         for k, ((prompt, seed), (mp4, gif), video) in enumerate(zip(pairs, motion.uris, videos)):
-            scores = score_video(video, prompt, reference, row.prompt, self.cfg, self.clip)
+            scores = score_video(video, prompt, reference, row.prompt, self.cfg, self.clip, reference_attributes=row.attributes or None)
             metrics.append(scores)
             results.append({"motion_id": row.motion_id, "row": row.row, "k": k, "prompt": prompt, "seed": int(seed),
                             "video_uri": mp4, "gif_uri": gif, **scores})

@@ -32,10 +32,12 @@ from motioncrafter.runformat import Failure
 
 ID_PATTERN = re.compile(r"[A-Za-z0-9_.-]{1,128}")
 REQUIRED = ("motion_id", "video_uri", "prompt")
-OPTIONAL = ("subject", "eval_prompts", "start_sec", "end_sec", "seed", "overrides")
+OPTIONAL = ("subject", "eval_prompts", "start_sec", "end_sec", "seed", "overrides", "attributes")
+# What a clip shows, for the leakage metric when its caption leaves it out ("a shape moves in a circle").
+ATTRIBUTES = ("colour", "shape", "background")
 # Config sections a row may override: they only change how that row's clip is tuned and rendered.
 OVERRIDABLE = ("tune", "adapter", "render")
-# Columns that other tools add and the pipeline carries without reading (e.g. MovingShapes ground truth).
+# Columns that other tools add: MovingShapes' ground truth, read only for its `ATTRIBUTES`.
 CARRIED = ("toyworld",)
 
 
@@ -55,6 +57,7 @@ class ManifestRow:
     end_sec: float | None = None
     seed: int | None = None
     overrides: dict[str, object] = field(default_factory=dict)  # "section.key" -> value
+    attributes: dict[str, str] = field(default_factory=dict)  # the clip's own colour / shape / background, if known
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -259,7 +262,21 @@ def _validate(rec: _Record, manifest_uri: str, from_text: bool, cfg: Config) -> 
             row.config(cfg)
         except ConfigError as err:
             raise _RowError(f"overrides: {err}") from None
+    row.attributes = _attributes(v, from_text)
     return row
+
+
+def _attributes(v: dict, from_text: bool) -> dict[str, str]:
+    """The `attributes` column, else the `ATTRIBUTES` of a MovingShapes `toyworld` column."""
+    name = "attributes" if not _missing(v.get("attributes")) else "toyworld"
+    if _missing(v.get(name)):
+        return {}
+    given = _json_field(v[name], name, from_text, dict)
+    if name == "attributes" and sorted(given) != sorted(ATTRIBUTES):
+        raise _RowError(f"attributes must give exactly {', '.join(ATTRIBUTES)}, got {', '.join(map(repr, given)) or 'none'}")
+    if any(_missing(given.get(k)) for k in ATTRIBUTES):
+        return {}  # a toyworld column without them (another tool's): no ground truth
+    return {k: _text(given[k], f"{name}.{k}").strip().lower() for k in ATTRIBUTES}
 
 
 def load_manifest(uri: str, cfg: Config = Config()) -> Manifest:

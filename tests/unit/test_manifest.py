@@ -148,3 +148,19 @@ def test_a_run_that_cannot_proceed_exits_non_zero_with_one_line(tmp_path: Path, 
     (tmp_path / "ok.jsonl").write_text(json.dumps(GOOD) + "\n")
     assert main(["--manifest", str(tmp_path / "ok.jsonl"), "--output", str(tmp_path / "out"), "--base-model", str(tmp_path)]) == 1
     assert "not a diffusers folder" in capsys.readouterr().err
+
+
+def test_reference_attributes_from_the_column_or_movingshapes_ground_truth(tmp_path: Path) -> None:
+    vague = {**GOOD, "prompt": "a shape moves in a zigzag"}
+    truth = {"colour": "red", "shape": "circle", "background": "black"}
+    m = load_manifest(write_jsonl(tmp_path / "m.jsonl", [
+        {**vague, "motion_id": "given", "attributes": {**truth, "colour": "Blue"}},
+        {**vague, "motion_id": "toy", "toyworld": {**truth, "motion": "zigzag", "trajectory": [[1, 2]]}},
+        {**vague, "motion_id": "none"},
+        {**vague, "motion_id": "partial", "attributes": {"colour": "red"}},
+        {**vague, "motion_id": "extra", "attributes": {**truth, "texture": "dots"}},
+    ]))
+    attributes = {r.motion_id: r.attributes for r in m.rows}
+    assert attributes == {"given": {**truth, "colour": "blue"}, "toy": truth, "none": {}}
+    got = reasons(m)
+    assert "attributes must give exactly colour, shape, background" in got[3] and "'texture'" in got[4]
