@@ -280,6 +280,7 @@ class _Step:
                 pred = branches.forward(active, MOTION, zt[on_motion], t[on_motion], text[on_motion])
                 parts["tmp"] = self._temporal(pred, y[on_motion], torch.ones(int(on_motion.sum()), dtype=torch.bool))
             if on_app.any():
+                assert text_e is not None  # encoded above whenever a sample is on L_app's range
                 app_rows = on_app
                 app_pred = self._tuned([MOTION], zt[on_app], t[on_app], text_e[on_app], record=True)
         if spatial:
@@ -288,8 +289,9 @@ class _Step:
             pred_f = branches.forward([SPATIAL], SPATIAL, zt[:, :, one], t, text)
             parts["sp"] = losses.denoising(pred_f, y[:, :, one])
         if on_app.any():
+            assert text_e is not None
             parts["app"] = losses.masked_mean(self._appearance(app_pred, zt[app_rows], t[app_rows], text_e[app_rows]),
-                                                                 on_app[app_rows])
+                                              on_app[app_rows])
         return parts
 
     def _tuned(self, active: list[str], zt, t, text, record: bool) -> torch.Tensor:
@@ -312,6 +314,7 @@ class _Step:
         """Per-sample L_app of the tuned prediction against the frozen base on the same inputs."""
         kind = self.tune.app_loss
         if kind == "stats":
+            assert self.stats is not None  # hooked in __init__ for app_loss = stats
             tuned = self.stats.take()
             with self.stats.record():
                 self.branches.base_forward(zt, t, text_e)
