@@ -282,17 +282,19 @@ def load_base(folder: str | Path, device: str = "cpu", dtype: torch.dtype = torc
 
 
 def resolve_device(name: str) -> str:
+    """`model.device` outside Ray: "auto" is the first GPU if torch sees one."""
     if name == "auto":
         return "cuda" if torch.cuda.is_available() else "cpu"
     return name
 
 
-def open_base(cfg) -> BaseModel:
+def open_base(cfg, device: str | None = None) -> BaseModel:
     """The base a `ModelConfig` names: the shipped MovingShapes base by default, else a local
-    folder or an fsspec URI (copied once into `cfg.cache_dir`, keyed by URI and content)."""
+    folder or an fsspec URI (copied once into `cfg.cache_dir`, keyed by URI and content).
+    On `device` when given (a Ray worker's: `pipelines.devices.worker_device`), else `cfg.device`."""
     from motioncrafter.storage import local_copy
     from motioncrafter.toyworld import BASE_DIR
 
     source = cfg.base_model or str(BASE_DIR)
     folder = local_copy(source, Path(cfg.cache_dir).expanduser() / "models")
-    return load_base(folder, resolve_device(cfg.device), getattr(torch, cfg.dtype))
+    return load_base(folder, device or resolve_device(cfg.device), getattr(torch, cfg.dtype))

@@ -34,12 +34,14 @@ def _check(cond: bool, where: str, msg: str) -> None:
 @dataclass
 class ModelConfig:
     base_model: str = ""  # local folder or fsspec URI of a diffusers model; "" = shipped MovingShapes base
-    device: str = "auto"  # auto | cpu | cuda | cuda:N
+    device: str = "auto"  # auto | cpu | cuda | cuda:N; in the Ray stages a GPU only where the stage reserved one
     dtype: str = "float32"  # of the frozen base: float32 | float16 | bfloat16 (tuned weights stay float32, under autocast)
     cache_dir: str = "~/.cache/motioncrafter"  # where remote base models are copied once
 
     def __post_init__(self) -> None:
         _check(self.dtype in ("float32", "float16", "bfloat16"), "model.dtype", f"{self.dtype!r} is not float32, float16 or bfloat16")
+        _check(re.fullmatch(r"auto|cpu|cuda(:\d+)?", self.device) is not None, "model.device",
+               f"{self.device!r} is not auto, cpu, cuda or cuda:N")
 
 
 @dataclass
@@ -210,6 +212,7 @@ class PipelineConfig:
     render_concurrency: int = 1  # render actors (each holds a base model)
     render_gpus: float = 0.0  # GPUs each render actor reserves; 0 renders on CPUs
     evaluate_concurrency: int = 1  # metric actors
+    evaluate_gpus: float = 0.0  # GPUs each metric actor reserves (the CLIP model, when metrics.clip_model is set)
     ray_address: str = ""  # "" = start Ray embedded on this machine; else a cluster address ("auto", "ray://...")
     ray_num_cpus: int = 0  # logical CPUs of an embedded Ray; 0 = all of this machine's
     dashboard_host: str = "127.0.0.1"  # the dashboard listens on localhost unless you say otherwise
@@ -223,7 +226,7 @@ class PipelineConfig:
         _check(self.max_gang_restarts >= 0, "pipeline.max_gang_restarts", f"must be >= 0, got {self.max_gang_restarts}")
         _check(self.lease_seconds > 0, "pipeline.lease_seconds", f"must be > 0, got {self.lease_seconds}")
         _check(self.cpus_per_worker > 0, "pipeline.cpus_per_worker", f"must be > 0, got {self.cpus_per_worker}")
-        for name in ("gpus_per_worker", "encode_gpus", "render_gpus"):
+        for name in ("gpus_per_worker", "encode_gpus", "render_gpus", "evaluate_gpus"):
             _check(getattr(self, name) >= 0, f"pipeline.{name}", f"must be >= 0, got {getattr(self, name)}")
         _check(self.ray_num_cpus >= 0, "pipeline.ray_num_cpus", f"must be >= 0, got {self.ray_num_cpus}")
         _check(self.start_timeout_s > 0, "pipeline.start_timeout_s", f"must be > 0, got {self.start_timeout_s}")

@@ -22,6 +22,7 @@ from __future__ import annotations
 import contextlib
 import os
 import socket
+import types
 
 import torch
 from torch import nn
@@ -29,8 +30,10 @@ from torch import nn
 from motioncrafter.config import TuneConfig
 
 
-def _import_deepspeed():
-    os.environ.setdefault("DS_ACCELERATOR", "cuda" if torch.cuda.is_available() else "cpu")
+def _import_deepspeed(device_type: str = "cpu"):
+    # DeepSpeed's accelerator follows the device the model is on (set once, at the process's first
+    # engine), not torch.cuda.is_available(): a CPU worker on a GPU node must stay on the CPU.
+    os.environ.setdefault("DS_ACCELERATOR", "cuda" if device_type == "cuda" else "cpu")
     import deepspeed
     import deepspeed.ops
 
@@ -40,15 +43,15 @@ def _import_deepspeed():
     return deepspeed
 
 
-def init_distributed() -> None:
+def init_distributed(device_type: str = "cpu") -> None:
     """Join (or, alone, create) the process group; Ray Train and torchrun set the env already."""
-    deepspeed = _import_deepspeed()
+    deepspeed = _import_deepspeed(device_type)
     if torch.distributed.is_initialized():
         return
     for key, value in (("MASTER_ADDR", "127.0.0.1"), ("RANK", "0"), ("WORLD_SIZE", "1"), ("LOCAL_RANK", "0")):
         os.environ.setdefault(key, value)  # LOCAL_RANK missing makes DeepSpeed try MPI discovery
     os.environ.setdefault("MASTER_PORT", str(free_port()))
-    deepspeed.init_distributed(dist_backend="nccl" if torch.cuda.is_available() else "gloo")
+    deepspeed.init_distributed(dist_backend="nccl" if device_type == "cuda" else "gloo")
 
 
 def free_port() -> int:
@@ -85,12 +88,15 @@ class DeepSpeedEngine:
     """`deepspeed.initialize` around the UNet, with a torch AdamW over the trainable groups."""
 
     def __init__(self, model: nn.Module, param_groups: list[dict], cfg: TuneConfig, dtype: torch.dtype = torch.float32):
-        deepspeed = _import_deepspeed()
-        init_distributed()
+        device = next(model.parameters()).device
+        deepspeed = _import_deepspeed(device.type)
+        init_distributed(device.type)
         self.model, self.stage = model, cfg.zero_stage
         optimizer = torch.optim.AdamW(param_groups, weight_decay=cfg.weight_decay)
+        # on a GPU the engine keeps the model on the one it is on (pipelines.devices chose it), not cuda:LOCAL_RANK
+        args = types.SimpleNamespace(device_rank=device.index or 0) if device.type == "cuda" else None
         self.engine, *_ = deepspeed.initialize(
-            model=model, optimizer=optimizer, config=ds_config(cfg, torch.distributed.get_world_size(), dtype)
+            args=args, model=model, optimizer=optimizer, config=ds_config(cfg, torch.distributed.get_world_size(), dtype)
         )
 
     def backward(self, loss: torch.Tensor) -> None:

@@ -20,6 +20,7 @@ from motioncrafter.evaluate import score_video, summarize
 from motioncrafter.metrics import ClipScorer
 from motioncrafter.progress import progress
 from motioncrafter.runformat import Failure
+from pipelines.devices import worker_device
 from pipelines.ingest import load_frames
 from pipelines.manifest import ManifestRow
 from pipelines.render import STAGE as RENDER
@@ -39,7 +40,7 @@ class EvaluateResult:
 class Evaluator:
     def __init__(self, cfg: Config):
         self.cfg = cfg.metrics
-        self.clip = ClipScorer(cfg.metrics.clip_model) if cfg.metrics.clip_model else None
+        self.clip = ClipScorer(cfg.metrics.clip_model, worker_device(cfg.model.device)) if cfg.metrics.clip_model else None
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, list]:
         out: dict[str, list] = {"row_json": [], "results_json": [], "summary_json": [], "render_seconds": [],
@@ -83,7 +84,8 @@ def evaluate(rendered: ray.data.Dataset, total: int, cfg: Config) -> EvaluateRes
     """Score every rendered motion; render and evaluation errors become failure rows."""
     started = time.time()
     ds = rendered.map_batches(Evaluator, fn_constructor_args=(cfg,), batch_size=1,
-                              compute=ray.data.ActorPoolStrategy(size=min(cfg.pipeline.evaluate_concurrency, total)), num_cpus=1)
+                              compute=ray.data.ActorPoolStrategy(size=min(cfg.pipeline.evaluate_concurrency, total)), num_cpus=1,
+                              num_gpus=cfg.pipeline.evaluate_gpus or None)
     results, motions, failures = [], [], []
     for out in progress(ds.iter_rows(), total=total, desc="render + evaluate", unit="motion"):
         row = ManifestRow(**json.loads(out["row_json"]))

@@ -24,6 +24,7 @@ from motioncrafter.progress import progress
 from motioncrafter.render import render_grid
 from motioncrafter.runformat import Failure, RunLayout
 from motioncrafter.video import VideoError, frame_grid, read_video, write_gif, write_mp4, write_png
+from pipelines.devices import worker_device
 from pipelines.ingest import Clip, load_frames
 from pipelines.manifest import ManifestRow
 from pipelines.records import AdapterOutcome
@@ -73,7 +74,7 @@ def batch_of(rows: list[dict]) -> dict[str, list]:
 class Renderer:
     def __init__(self, cfg: Config, layout: RunLayout):
         self.cfg, self.layout = cfg, layout
-        self.base = open_base(cfg.model)
+        self.base = open_base(cfg.model, worker_device(cfg.model.device))
         self.attached_kind: str | None = None
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, list]:
