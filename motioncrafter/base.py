@@ -109,13 +109,21 @@ class BaseModel:
         z = z * self.scaling_factor
         return z.reshape(b, t, *z.shape[1:]).permute(0, 2, 1, 3, 4)
 
-    def decode_latents(self, latents: torch.Tensor) -> np.ndarray:
-        """Scaled latents (B, C, T, h, w) -> uint8 frames (B, T, H, W, 3)."""
+    def decode_latents(self, latents: torch.Tensor, chunk: int = 0) -> np.ndarray:
+        """Scaled latents (B, C, T, h, w) -> uint8 frames (B, T, H, W, 3).
+
+        `chunk` frames per VAE call (0: all B x T at once), each moved off the device as uint8
+        before the next: at real resolutions the decoder's full-size activations, not the UNet's,
+        are what a render's memory peaks on (AnimateDiffPipeline's `decode_chunk_size`)."""
         b, c, t = latents.shape[:3]
         z = latents.permute(0, 2, 1, 3, 4).reshape(b * t, c, *latents.shape[3:]) / self.scaling_factor
-        x = self.vae.decode(z.to(self.vae.dtype)).sample
-        x = ((x.float().clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)
-        return x.permute(0, 2, 3, 1).reshape(b, t, *x.shape[2:], 3).cpu().numpy()
+        step = chunk or len(z)
+        parts = []
+        for i in range(0, len(z), step):
+            x = self.vae.decode(z[i : i + step].to(self.vae.dtype)).sample
+            parts.append(((x.float().clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8).cpu())
+        x = torch.cat(parts)
+        return x.permute(0, 2, 3, 1).reshape(b, t, *x.shape[2:], 3).numpy()
 
 
 def set_gradient_checkpointing(unet: torch.nn.Module, enabled: bool) -> None:

@@ -71,7 +71,9 @@ class RenderConfig:
     num_frames: int = 8  # frames of each generated video
     height: int = 32  # generated frame height (a multiple of the VAE's downsampling)
     width: int = 32  # generated frame width
-    max_batch: int = 16  # samples per denoising batch: the memory bound
+    max_batch: int = 16  # videos per denoising batch (the UNet sees twice as many rows with guidance): the UNet's memory bound
+    decode_chunk: int = 16  # frames per VAE decode call (0 = all of a batch at once): the decoder's memory bound
+    vae_tiling: bool = False  # decode each frame in overlapping tiles (diffusers' AutoencoderKL.enable_tiling): for frames larger than the VAE's sample_size; approximate at tile seams
     seeds: list[int] = field(default_factory=lambda: [0, 1])  # one video per prompt and seed; a sample is reproducible alone
     progress: bool = False  # progress bar over denoising steps
     adapter_schedule: list[list[float]] = field(default_factory=list)  # [[from_share, scale], ...]: motion adapters' scale by share of denoising steps done; [] = constant
@@ -83,6 +85,7 @@ class RenderConfig:
                "render.adapter_schedule", f"must be [[from_share, scale], ...] with ascending shares in [0, 1), got {self.adapter_schedule}")
         _check(self.num_steps >= 1, "render.num_steps", f"must be >= 1, got {self.num_steps}")
         _check(self.max_batch >= 1, "render.max_batch", f"must be >= 1, got {self.max_batch}")
+        _check(self.decode_chunk >= 0, "render.decode_chunk", f"must be >= 0, got {self.decode_chunk}")
 
 
 @dataclass

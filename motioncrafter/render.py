@@ -13,6 +13,8 @@ and leaves the appearance to the base.
 
 from __future__ import annotations
 
+import contextlib
+
 import numpy as np
 import torch
 
@@ -84,10 +86,27 @@ def render(base: BaseModel, prompts: list[str], seeds: list[int], cfg: RenderCon
         return np.zeros((0, cfg.num_frames, cfg.height, cfg.width, 3), np.uint8)
     noise = initial_noise(base, seeds, cfg)
     videos = []
-    for start in range(0, len(prompts), cfg.max_batch):
-        sl = slice(start, start + cfg.max_batch)
-        videos.append(base.decode_latents(denoise(base, prompts[sl], noise[sl], cfg)))
+    with vae_tiling(base.vae, cfg.vae_tiling):
+        for start in range(0, len(prompts), cfg.max_batch):
+            sl = slice(start, start + cfg.max_batch)
+            videos.append(base.decode_latents(denoise(base, prompts[sl], noise[sl], cfg), cfg.decode_chunk))
     return np.concatenate(videos)
+
+
+@contextlib.contextmanager
+def vae_tiling(vae, enabled: bool):
+    """diffusers' tiled decoding of the VAE while inside, when `enabled`; the resident base is left as it was."""
+    if not enabled:
+        yield
+        return
+    if not hasattr(vae, "enable_tiling"):
+        raise ValueError(f"render.vae_tiling: the base's VAE ({type(vae).__name__}) has no tiled decoding")
+    before = vae.use_tiling
+    vae.enable_tiling()
+    try:
+        yield
+    finally:
+        vae.use_tiling = before
 
 
 def render_grid(

@@ -2,8 +2,8 @@
 
 A `Renderer` actor opens the base once and keeps it; per motion it loads the
 adapter under one fixed name (so `attach` only copies the new weights in), renders
-the prompt grid in batches of `render.max_batch`, and writes an MP4 and a GIF
-per video and a grid PNG per motion. The rendered frames flow on to `evaluate`
+the prompt grid in batches of `render.max_batch` (decoded `render.decode_chunk`
+frames at a time), and writes an MP4 and a GIF per video and a grid PNG per motion. The rendered frames flow on to `evaluate`
 in the same streaming dataset, so they are scored without being read back from
 lossy video files.
 """

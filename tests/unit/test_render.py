@@ -108,3 +108,61 @@ def test_render_grid(base):
     assert pairs == [(PROMPTS[0], 0), (PROMPTS[0], 1), (PROMPTS[1], 0), (PROMPTS[1], 1)]
     assert videos.shape == (4, 8, 32, 32, 3)
     _close(videos, render(base, [p for p, _ in pairs], [s for _, s in pairs], CFG))
+
+
+def _batch_sizes(module, calls: list[int]):
+    """A forward pre-hook that records the batch size of every call of `module`."""
+    return module.register_forward_pre_hook(lambda m, args, kwargs: calls.append(args[0].shape[0]), with_kwargs=True)
+
+
+@pytest.mark.parametrize("guidance, rows", [(4.0, 2), (1.0, 1)])  # rows per video in one UNet call
+def test_max_batch_bounds_every_unet_call(base, guidance, rows):
+    calls: list[int] = []
+    handle = _batch_sizes(base.unet, calls)
+    try:
+        render(base, PROMPTS, [3, 4, 5], RenderConfig(num_steps=2, max_batch=2, guidance_scale=guidance))
+    finally:
+        handle.remove()
+    assert calls == [2 * rows] * 2 + [1 * rows] * 2  # 3 videos: a batch of 2, then 1; two steps each
+
+
+@pytest.mark.parametrize("chunk", [1, 3])
+def test_decode_chunks_bound_the_decoder_and_change_nothing(base, chunk):
+    calls: list[int] = []
+    handle = _batch_sizes(base.vae.decoder, calls)
+    try:
+        chunked = render(base, PROMPTS[:2], [0, 1], RenderConfig(num_steps=2, decode_chunk=chunk))
+    finally:
+        handle.remove()
+    frames = 2 * CFG.num_frames
+    assert calls == [chunk] * (frames // chunk) + ([frames % chunk] if frames % chunk else [])
+    _close(chunked, render(base, PROMPTS[:2], [0, 1], RenderConfig(num_steps=2, decode_chunk=0)))
+
+
+def test_vae_tiling(base):
+    """diffusers' tiled decoding: frames larger than the VAE's sample_size (32 here) are decoded in
+    tiles of its tile size; at or below it nothing changes; the resident VAE is left untiled.
+    Tiles are approximate at their seams by design (on this 32-pixel VAE with mid-block attention,
+    64x64 tiled differs from whole by ~20 grey levels on average), so only the mechanism is asserted."""
+    small = RenderConfig(num_steps=2, num_frames=4)
+    assert np.array_equal(render(base, PROMPTS[:1], [0], small),
+                          render(base, PROMPTS[:1], [0], RenderConfig(num_steps=2, num_frames=4, vae_tiling=True)))
+    sizes: list[tuple[int, int]] = []
+    handle = base.vae.decoder.register_forward_pre_hook(lambda m, args: sizes.append(tuple(args[0].shape[-2:])))
+    try:
+        big = render(base, PROMPTS[:1], [0], RenderConfig(num_steps=2, num_frames=4, height=64, width=64, vae_tiling=True))
+    finally:
+        handle.remove()
+    tile = base.vae.tile_latent_min_size
+    assert big.shape == (1, 4, 64, 64, 3) and len(sizes) > 1 and all(max(s) <= tile for s in sizes), sizes
+    assert base.vae.use_tiling is False
+
+
+def test_vae_tiling_needs_a_tiling_vae():
+    import types
+
+    from motioncrafter.render import vae_tiling
+
+    with pytest.raises(ValueError, match="render.vae_tiling: the base's VAE \\(SimpleNamespace\\) has no tiled decoding"):
+        with vae_tiling(types.SimpleNamespace(), True):
+            pass
