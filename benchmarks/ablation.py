@@ -248,6 +248,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--procs", type=int, default=2, help="worker processes")
     p.add_argument("--threads", type=int, default=1, help="torch threads per worker")
     p.add_argument("--out", default="benchmarks/results/ablation.md")
+    p.add_argument("--from-parquet", action="append", dest="sources", metavar="FILE[:VARIANT[=NEW_NAME],...]",
+                   help="build the table from the rows of earlier runs (those variants only) instead of running jobs; "
+                        "repeatable. Seconds per clip then compare only within one source")
     args = p.parse_args(argv)
     args.variants = args.variants or ["base", *MODES]
     return args
@@ -278,10 +281,31 @@ def run(args: argparse.Namespace, partial: Path | None = None):
     return df, summarize(df)
 
 
+def combine(sources: list[str]):
+    """The rows of earlier runs ('FILE' or 'FILE:VARIANT,...', 'VARIANT=NEW_NAME' renames), each tagged with its file."""
+    import pandas as pd
+
+    frames = []
+    for source in sources:
+        path, _, names = source.partition(":")
+        df = pd.read_parquet(path)
+        if names:
+            renames = dict((n.split("=", 1) + [n])[:2] for n in names.split(","))
+            missing = set(renames) - set(df["variant"])
+            if missing:
+                raise SystemExit(f"--from-parquet {source}: no rows of {sorted(missing)} in {path}")
+            df = df[df["variant"].isin(list(renames))].assign(variant=lambda d: d["variant"].map(renames))
+        frames.append(df.assign(source=Path(path).name))
+    df = pd.concat(frames, ignore_index=True)
+    return df, summarize(df)
+
+
 def main(argv=None) -> None:
     from motioncrafter.base import fingerprint_folder
 
     args = parse_args(argv)
+    if args.sources:
+        return main_combined(args)
     started = time.time()
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -310,6 +334,25 @@ def main(argv=None) -> None:
     ])
     out.write_text(text)
     if len(args.steps) > 1 and "vague" in args.protocols:
+        frontier_plot(table, out.with_name("frontier.png"))
+    print(text)
+
+
+def main_combined(args: argparse.Namespace) -> None:
+    """A table of stored rows: for a table whose variants were run in more than one sitting."""
+    df, table = combine(args.sources)
+    out = Path(args.out)
+    df.to_parquet(out.with_suffix(".parquet"))
+    sources = df.groupby("source", sort=False)["variant"].unique()
+    text = "\n".join([
+        "# Ablation on MovingShapes (" + ", ".join(df["split"].unique()) + " clips)", "",
+        "Built from stored rows (`python benchmarks/ablation.py " + " ".join(f"--from-parquet {s}" for s in args.sources)
+        + f" --out {args.out}`):", "",
+        *[f"- `{name}`: " + ", ".join(f"`{v}`" for v in variants) for name, variants in sources.items()], "",
+        *markdown_table(table), "",
+    ])
+    out.write_text(text)
+    if df["steps"].nunique() > 1 and "vague" in set(df["protocol"]):
         frontier_plot(table, out.with_name("frontier.png"))
     print(text)
 

@@ -1,0 +1,35 @@
+"""benchmarks/ablation.py's tables: summaries of stored rows, and tables built from several sittings."""
+
+from __future__ import annotations
+
+import importlib
+import sys
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "benchmarks"))
+ablation = importlib.import_module("ablation")
+
+
+def rows(variant: str, fidelity: float, seconds: float) -> list[dict]:
+    return [{"variant": variant, "mode": "temporal_only", "split": "test", "protocol": "vague", "clip": clip, "held_out": True,
+             "steps": 100, "motion_fidelity": fidelity + clip / 10, "flow_fidelity": 0.5, "appearance_acc": 0.5, "leakage": 0.25,
+             "diversity": 0.1, "tune_seconds": seconds, "adapter_bytes": 2048} for clip in (0, 1)]
+
+
+def test_combined_table_takes_named_variants_renamed_from_each_file(tmp_path: Path) -> None:
+    old, new = tmp_path / "old.parquet", tmp_path / "new.parquet"
+    pd.DataFrame(rows("motioncrafter", 0.4, 10.0) + rows("base", 0.2, 0.0) + rows("skipped", 0.9, 1.0)).to_parquet(old)
+    pd.DataFrame(rows("motioncrafter", 0.6, 20.0)).to_parquet(new)
+    df, table = ablation.combine([f"{old}:base,motioncrafter=motioncrafter_previous", str(new)])
+    got = table.set_index("variant")
+    assert set(got.index) == {"base", "motioncrafter_previous", "motioncrafter"}
+    assert got.loc["motioncrafter_previous", "motion fidelity (all)"] == pytest.approx(0.45)
+    assert got.loc["motioncrafter", "motion fidelity (all)"] == pytest.approx(0.65)
+    assert got.loc["motioncrafter", "s / clip"] == 20.0 and got.loc["motioncrafter", "adapter KB"] == 2.0
+    assert dict(df.groupby("variant")["source"].first()) == {"base": "old.parquet", "motioncrafter_previous": "old.parquet",
+                                                             "motioncrafter": "new.parquet"}
+    with pytest.raises(SystemExit, match="no rows of"):
+        ablation.combine([f"{old}:nonesuch"])
