@@ -316,7 +316,7 @@ def main(argv=None) -> None:
         [f"--split {args.split}", "--protocols " + " ".join(args.protocols), "--steps " + " ".join(map(str, args.steps)),
          f"--prompts {args.prompts}", f"--render-steps {args.render_steps}", f"--procs {args.procs} --threads {args.threads}"]
         + ([f"--clips {args.clips}"] if args.clips else []) + [f"--clip {c}" for c in args.clip_ids or []]
-        + [f"--variant '{v}'" for v in args.variants if v not in ("base", *MODES)])
+        + ([] if args.variants == ["base", *MODES] else [f"--variant '{v}'" for v in args.variants]))
     text = "\n".join([
         f"# Ablation on MovingShapes ({args.split} clips)", "",
         f"{len(selected_clips(args))} reference clips x {args.prompts} evaluation prompts x "
