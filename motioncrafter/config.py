@@ -192,6 +192,10 @@ class TuneConfig:
         _check(self.batch >= 1, "tune.batch", f"must be >= 1, got {self.batch}")
         _check(self.engine in ("torch", "deepspeed"), "tune.engine", f"{self.engine!r} is not torch or deepspeed")
         _check(self.zero_stage in (0, 1, 2, 3), "tune.zero_stage", f"must be 0, 1, 2 or 3, got {self.zero_stage}")
+        # ZeRO-3 frees each block's parameters after its forward; the checkpointed block's recomputation
+        # in backward then sees them empty (torch raises CheckpointError; found by benchmarks/gpu.py)
+        _check(not (self.engine == "deepspeed" and self.zero_stage == 3 and self.gradient_checkpointing),
+               "tune.gradient_checkpointing", "does not work with DeepSpeed ZeRO-3 (tune.zero_stage=3) yet; use stage 0-2 or turn it off")
 
 
 SCHEDULERS = ("gangs", "per_clip")

@@ -185,3 +185,12 @@ def test_exponent_floats_from_the_command_line() -> None:
     assert load_config(None, ["tune.spatial_lr=2E+0"]).tune.spatial_lr == 2.0
     with pytest.raises(ConfigError, match="tune.lr"):
         load_config(None, ["tune.lr=fast"])
+
+
+def test_zero3_with_gradient_checkpointing_is_refused() -> None:
+    from motioncrafter.config import TuneConfig
+
+    TuneConfig(engine="deepspeed", zero_stage=2, gradient_checkpointing=True)
+    TuneConfig(engine="deepspeed", zero_stage=3)
+    with pytest.raises(ConfigError, match="tune.gradient_checkpointing: does not work with DeepSpeed ZeRO-3"):
+        TuneConfig(engine="deepspeed", zero_stage=3, gradient_checkpointing=True)
