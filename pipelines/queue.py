@@ -2,12 +2,14 @@
 
 States of a clip: pending -> leased -> done | failed, or leased -> pending again
 when its lease expires or its gang reports a retryable error, until
-`max_attempts` leases have been spent. Time comes from an injectable clock, so
+`max_attempts` leases have been spent. A lease *released* (its gang's node is
+preempted) puts the clip back first in line and gives its attempt back. Time comes from an injectable clock, so
 expiry is tested without Ray and without sleeping.
 """
 
 from __future__ import annotations
 
+import logging
 import time
 from collections import Counter, deque
 from collections.abc import Callable
@@ -16,6 +18,7 @@ from typing import Generic, Literal, TypeVar
 
 import ray
 
+log = logging.getLogger(__name__)
 T = TypeVar("T")  # a work item
 R = TypeVar("R")  # what a completed item reports
 
@@ -38,6 +41,7 @@ class Closed(Generic[R]):
     attempts: dict[str, int]
     leased_at: dict[str, float]  # wall clock of each clip's latest lease (where the time goes: benchmarks)
     completed_at: dict[str, float] = field(default_factory=dict)
+    preempted: dict[str, int] = field(default_factory=dict)  # motion_id -> leases released by a preemption
 
 
 class LeaseQueue(Generic[T, R]):
@@ -50,6 +54,7 @@ class LeaseQueue(Generic[T, R]):
         self.leases: dict[str, tuple[str, str, float]] = {}  # lease id -> (motion_id, holder, expiry)
         self.attempts: Counter[str] = Counter()
         self.conflicts: Counter[str] = Counter()
+        self.preempted: Counter[str] = Counter()
         self.done: dict[str, R] = {}
         self.failed: dict[str, str] = {}
         self.leased_at: dict[str, float] = {}
@@ -95,6 +100,26 @@ class LeaseQueue(Generic[T, R]):
         self.leases[lease_id] = (motion_id, holder, self.clock() + self.lease_seconds)
         return True
 
+    def release(self, lease_id: str, reason: str) -> bool:
+        """Give a leased item back without spending its attempt: its holder is going away for a reason
+        that says nothing about the item (a preempted node). It is leased next, before the others (its
+        work had begun). False when the lease had ended already (expired, completed, failed)."""
+        lease = self.leases.pop(lease_id, None)
+        if lease is None:
+            return False
+        motion_id = lease[0]
+        if motion_id not in self.done and motion_id not in self.failed:
+            self.attempts[motion_id] -= 1
+            self.preempted[motion_id] += 1
+            self.pending.appendleft(motion_id)
+            log.warning("%s back in the queue, its attempt not spent: %s", motion_id, reason)
+        return True
+
+    def release_holder(self, holder: str, reason: str) -> list[str]:
+        """`release` every lease `holder` has (its workers died with a preempted node); the items released."""
+        mine = [(lease_id, motion_id) for lease_id, (motion_id, h, _) in self.leases.items() if h == holder]
+        return [motion_id for lease_id, motion_id in mine if self.release(lease_id, reason)]
+
     def conflict(self, motion_id: str) -> None:
         """A gang tuned an item that turned out to be committed already (the first commit stands)."""
         self.conflicts[motion_id] += 1
@@ -130,7 +155,8 @@ class LeaseQueue(Generic[T, R]):
                 self.failed[motion_id] = reason
         self.pending.clear()
         self.leases.clear()
-        return Closed(self.done, self.failed, dict(self.conflicts), dict(self.attempts), self.leased_at, self.completed_at)
+        return Closed(self.done, self.failed, dict(self.conflicts), dict(self.attempts), self.leased_at, self.completed_at,
+                      dict(self.preempted))
 
 
 # The queue as a Ray actor: one per run, on the driver's node, never restarted (its state is the run's).

@@ -7,7 +7,8 @@ Output at <output>/<run_id>/ as `motioncrafter.runformat` lays it out. Every man
 exactly once in summary/ or failures/. Running again with the same run id
 resumes: committed adapters are kept and cached clips are not decoded again.
 Exit code 0 when the run completed (failed rows included), 1 with a one-line
-reason when it could not proceed.
+reason when it could not proceed, 128 + the signal (130, 143) when SIGINT or SIGTERM
+stopped it (`pipelines.interrupt`: run.json says "interrupted"; the same run id resumes).
 """
 
 from __future__ import annotations
@@ -30,6 +31,7 @@ from motioncrafter.toyworld import BASE_DIR
 from pipelines import report
 from pipelines.evaluate import EvaluateResult, evaluate
 from pipelines.ingest import IngestResult, ingest
+from pipelines.interrupt import Interrupted, Interrupts
 from pipelines.manifest import Manifest, ManifestError, load_manifest
 from pipelines.render import render_motions, stored_renders, write_renders
 from pipelines.records import AdapterOutcome
@@ -107,6 +109,7 @@ class _State:
     cfg: Config
     manifest: Manifest
     earlier: dict  # run.json of the previous run of this run id ({} for a new run)
+    interrupts: Interrupts = field(default_factory=Interrupts)
     started_ray: bool = False
     ing: IngestResult | None = None
     tr: TrainResult = field(default_factory=lambda: TrainResult({}, [], 0, 0.0, 0.0))
@@ -120,6 +123,7 @@ class _State:
     def connect(self) -> None:
         """Ray, once a stage has work for it (a re-run with nothing left to do never starts it)."""
         self.started_ray = _connect(self.cfg.pipeline) or self.started_ray
+        self.interrupts.arm()  # ray.init installs its own SIGTERM handler
 
 
 def _ingest(st: _State, mode: str) -> None:
@@ -211,14 +215,29 @@ def run_pipeline(manifest_uri: str, output_uri: str, config: Config | None = Non
     log.info("%s %s: %d manifest rows (%d invalid) -> %s", stage or "run", layout.run_id, manifest.total,
              len(manifest.failures), storage.redact(layout.root))
 
-    st = _State(layout, cfg, manifest, earlier)
     planned = time.time() - started
-    try:
-        for name, mode in plan.items():
-            _stage(f"{name} ({mode})", lambda: STEPS[name](st, mode))
-    finally:
-        if st.started_ray:
-            ray.shutdown()
+    with Interrupts() as interrupts:
+        st = _State(layout, cfg, manifest, earlier, interrupts)
+        doing = "plan"
+        try:
+            for doing, mode in plan.items():
+                _stage(f"{doing} ({mode})", lambda: STEPS[doing](st, mode))
+            doing = "tables"
+            return _finish(st, plan, info, started, planned)
+        except Interrupted as err:
+            # run.json first: `ray job stop` kills the driver 3 s after its SIGTERM
+            log.warning("%s %s: %s during %s; the same --run-id resumes it", stage or "run", layout.run_id, err, doing)
+            storage.write_bytes(layout.run_json, _json(info | {"status": "interrupted", "signal": err.signal, "interrupted_in": doing,
+                                                                "interrupted_at": time.time(), "seconds": round(time.time() - started, 3)}))
+            raise
+        finally:
+            if st.started_ray and ray.is_initialized():
+                ray.shutdown()
+
+
+def _finish(st: _State, plan: dict[str, str], info: dict, started: float, planned: float) -> dict:
+    """The tables, report.html and the final run.json of a command whose stages have run."""
+    layout, cfg, manifest = st.layout, st.cfg, st.manifest
     ing, tr, ev = st.ing, st.tr, st.ev
     assert ing is not None
 
@@ -246,7 +265,8 @@ def run_pipeline(manifest_uri: str, output_uri: str, config: Config | None = Non
                        "encoded": ing.encoded, "failed": len(ing.failures)},
             "train": {"seconds": round(tr.seconds, 3), "tune_seconds": round(tr.tune_seconds, 3), "scheduler": cfg.pipeline.scheduler,
                       "trained": sum(a.trained for a in tr.adapters.values()), "resumed": tr.resumed,
-                      "failed": len(tr.failures), "gang_errors": tr.gang_errors, "commit_conflicts": sum(tr.conflicts.values())},
+                      "failed": len(tr.failures), "gang_errors": tr.gang_errors, "commit_conflicts": sum(tr.conflicts.values()),
+                      "preempted": sum(tr.preempted.values())},
             "render_evaluate": {"seconds": round(ev.seconds, 3), "motions": len(summary), "kept": len(st.kept),
                                 # time inside the render / metric actors, summed over the motions done now
                                 "render_seconds": round(sum(m["render_seconds"] for m in ev.motions), 3),
@@ -340,6 +360,9 @@ def main(argv: list[str] | None = None, stage: str | None = None) -> int:
     except (ManifestError, ConfigError, ValueError, OSError, ConnectionError) as err:
         print(f"motioncrafter {stage or 'run'}: error: {err}".splitlines()[0], file=sys.stderr)
         return 1
+    except Interrupted as err:
+        print(f"motioncrafter {stage or 'run'}: {err}; run it again with the same --run-id to resume", file=sys.stderr)
+        return err.exit_code
     c = info.get("counts", {})
     if not args.quiet:
         print(f"{stage or 'run'} {info['run_id']} completed in {info.get('seconds', 0):.0f} s: {c.get('summary', 0)} motions, "

@@ -17,6 +17,19 @@ Faults: rank 0 renews its lease while tuning. A lease that is not renewed in
 `max_attempts` leases the clip fails with its last error. A gang whose worker
 dies is restarted by Ray Train (`FailureConfig`) and goes on with the queue.
 
+Preemption (a spot node reclaimed) is not the clip's fault, so it spends none of the clip's
+attempts: the leased clip is *released* back to the front of the queue (`LeaseQueue.release`).
+Ray Train 2.60 gives two signals, and both are used. Advance notice: when Ray Core drains a node
+of the gang (`ray drain-node --reason DRAIN_NODE_REASON_PREEMPTION`, what the autoscaler / KubeRay
+do on a spot reclaim notice), Ray Train's preemption watcher tells every worker; rank 0's renewer
+then releases the clip it tunes at once, and the gang leases nothing more
+(`ray.train.get_preemption_info()`) until Ray Train restarts it off the drained node at the drain
+deadline (`FailureConfig.max_preemption_failures`, unlimited, counted apart from
+`max_gang_restarts`). No notice: a worker that died with its node reports
+`RayActorError.preempted` to Ray Train's controller, where `_ReleaseOnPreemption` (a
+`ray.train.UserCallback`) releases the gang's leases. Any other death of a worker (a crash, an
+OOM kill, a node lost for another reason) may be the clip's doing and spends its attempt.
+
 `scheduler = "per_clip"` runs one TorchTrainer per clip instead (the same loop,
 stopping after one clip): simpler, and the baseline the gangs are measured against.
 """
@@ -30,7 +43,6 @@ import threading
 import time
 import uuid
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
 from contextlib import nullcontext
 from dataclasses import asdict, dataclass, field, replace
 
@@ -66,13 +78,32 @@ class TrainResult:
     seconds: float
     conflicts: dict[str, int] = field(default_factory=dict)  # motion_id -> tuned again after its commit (should be empty)
     gang_errors: list[str] = field(default_factory=list)
+    preempted: dict[str, int] = field(default_factory=dict)  # motion_id -> leases given back by a preemption
 
 
 # ------------------------------------------------------------ a gang's workers
 
 
+def _preemption_notice():
+    """This worker's copy of Ray Train's preemption notice (None: no node of the gang is draining).
+
+    `ray.train.get_preemption_info()` is a collective of all ranks; the renewer thread needs the
+    value without one, so it reads what Ray Train's watcher stored on this worker (`mark_preempt`),
+    which is what that call broadcasts from rank 0. An internal of Ray Train 2.60 (pinned in
+    pyproject.toml; the drain test in tests/integration/test_pipeline_nodes.py goes through it)."""
+    from ray.train.v2._internal.execution.context import get_train_context
+
+    return get_train_context().preemption_context.preemption_info
+
+
+def _preempted() -> bool:
+    """Whether a node of this gang is being preempted (all ranks call it: a collective)."""
+    return ray.train.get_preemption_info() is not None
+
+
 class _Renewer:
-    """Renews a lease every quarter of its length while the block runs (rank 0 only)."""
+    """Renews a lease every quarter of its length while the block runs (rank 0 only); releases it
+    instead, without spending the clip's attempt, once a node of the gang is being preempted."""
 
     def __init__(self, queue, lease_id: str, lease_seconds: float):
         self.queue, self.lease_id, self.period = queue, lease_id, lease_seconds / 4
@@ -80,8 +111,16 @@ class _Renewer:
         self.thread = threading.Thread(target=self._run, daemon=True)
 
     def _run(self) -> None:
-        while not self.stop.wait(self.period):
-            self.queue.renew.remote(self.lease_id)
+        renewed = time.monotonic()
+        while not self.stop.wait(min(self.period, 1.0)):  # the notice is looked at every second at least
+            notice = _preemption_notice()
+            if notice is not None:
+                # the clip goes to another gang now; this tune's result is dropped (its renew fails)
+                self.queue.release.remote(self.lease_id, f"node preempted (nodes {', '.join(notice.preempted_node_ids)})")
+                return
+            if time.monotonic() - renewed >= self.period:
+                self.queue.renew.remote(self.lease_id)
+                renewed = time.monotonic()
 
     def __enter__(self):
         self.thread.start()
@@ -116,6 +155,9 @@ def gang_loop(config: dict) -> None:
     base = open_base(cfg.model, worker_device(cfg.model.device))  # the GPU Ray Train reserved for this rank, else the CPU
     tuned = 0
     while not config["max_clips"] or tuned < config["max_clips"]:
+        if _preempted():  # lease nothing: Ray Train restarts the gang off the drained node at the deadline
+            time.sleep(1.0)
+            continue
         lease, committed = _from_rank0(rank, world, lambda: _lease(queue, gang))
         if lease == "done":
             return
@@ -192,6 +234,29 @@ def _item(clip: Clip, layout: RunLayout) -> WorkItem:
                     layout.committed(motion_id), layout.run_id)
 
 
+def is_preemption(error: BaseException) -> bool:
+    """A worker's death by node preemption, as Ray Train's controller sees it: a `RayActorError`
+    with `preempted` set (the node was drained for preemption), bare or inside Ray Train's
+    health-check error. A death for any other reason (a crash, an OOM kill, a node lost without
+    a drain) is False: it may be the clip's doing."""
+    error = getattr(error, "health_check_failure", error)
+    return isinstance(error, ray.exceptions.RayActorError) and error.preempted
+
+
+class _ReleaseOnPreemption(ray.train.UserCallback):
+    """On Ray Train's controller: when a worker of the gang died with a preempted node, the gang's
+    leases go back to the queue at once, without spending their clips' attempts (otherwise they
+    would come back only when they expire, each with an attempt spent)."""
+
+    def __init__(self, queue, gang: str):
+        self.queue, self.gang = queue, gang
+
+    def after_exception(self, run_context, worker_exceptions: dict[int, Exception]) -> None:
+        preempted = sorted(rank for rank, err in worker_exceptions.items() if is_preemption(err))
+        if preempted:
+            self.queue.release_holder.remote(self.gang, f"node preempted (ranks {preempted} died with it)")
+
+
 def _fit(name: str, cfg: Config, queue, max_clips: int) -> None:
     pc = cfg.pipeline
     resources = {"CPU": pc.cpus_per_worker} | ({"GPU": pc.gpus_per_worker} if pc.gpus_per_worker else {})
@@ -203,13 +268,15 @@ def _fit(name: str, cfg: Config, queue, max_clips: int) -> None:
             name=name,
             # Ray Train's own bookkeeping; nothing of the run's output goes there (no checkpoints are reported)
             storage_path=os.path.join(tempfile.gettempdir(), "motioncrafter-ray-train"),
+            # preemptions restart the gang on their own budget (max_preemption_failures, unlimited by default)
             failure_config=FailureConfig(max_failures=pc.max_gang_restarts),
+            callbacks=[_ReleaseOnPreemption(queue, name)],
         ),
     )
     trainer.fit()
 
 
-def _drive(index: int, cfg: Config, queue, run_id: str) -> str | None:
+def _drive(index: int, cfg: Config, queue, run_id: str, stopping: threading.Event) -> str | None:
     """One driver thread: a long-lived gang, or (per_clip) one Ray Train run per clip until the queue is empty.
     Returns the gang's error if it gave up."""
     name = f"{run_id}-gang{index}"
@@ -223,7 +290,8 @@ def _drive(index: int, cfg: Config, queue, run_id: str) -> str | None:
                 _fit(f"{name}-clip{n}", cfg, queue, max_clips=1)
         return None
     except Exception as err:  # the gang is out of restarts; the other gangs go on with the queue
-        log.error("%s stopped: %s", name, err)
+        if not stopping.is_set():  # (an interrupted run: Ray is going down under the gang)
+            log.error("%s stopped: %s", name, err)
         return f"{name}: {type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}"
 
 
@@ -268,15 +336,27 @@ def train(clips: list[Clip], layout: RunLayout, cfg: Config, connect: Callable[[
     here = NodeAffinitySchedulingStrategy(ray.get_runtime_context().get_node_id(), soft=False)
     queue = QueueActor.options(name=queue_name(layout.run_id), scheduling_strategy=here).remote(
         {c.row.motion_id: _item(c, layout) for c in todo}, pc.max_attempts, pc.lease_seconds)
-    with ThreadPoolExecutor(pc.num_gangs) as pool, progress(total=len(todo), desc=f"train ({pc.scheduler})", unit="clip") as bar:
-        futures = [pool.submit(_drive, i, cfg, queue, layout.run_id) for i in range(pc.num_gangs)]
-        while not all(f.done() for f in futures):
-            p = ray.get(queue.progress.remote())
-            bar.n = p["done"] + p["failed"]
-            bar.set_postfix(leased=p["leased"], failed=p["failed"])
-            bar.refresh()
-            time.sleep(1.0)
-        errors = [e for e in (f.result() for f in futures) if e]
+    # Daemon threads, not a thread pool: an interrupted driver (pipelines.interrupt) must be able to
+    # exit while a gang's fit() still waits on Ray; the gangs end with the driver's Ray.
+    stopping = threading.Event()
+    outcomes: dict[int, str | None] = {}
+    threads = [threading.Thread(target=lambda i=i: outcomes.update({i: _drive(i, cfg, queue, layout.run_id, stopping)}),
+                                name=f"gang{i}", daemon=True) for i in range(pc.num_gangs)]
+    try:
+        with progress(total=len(todo), desc=f"train ({pc.scheduler})", unit="clip") as bar:
+            for t in threads:
+                t.start()
+            while any(t.is_alive() for t in threads):
+                p = ray.get(queue.progress.remote())
+                bar.n = p["done"] + p["failed"]
+                bar.set_postfix(leased=p["leased"], failed=p["failed"])
+                bar.refresh()
+                time.sleep(1.0)
+    except BaseException:  # interrupted: no clip is handed out, and no tune finishing now commits (its renew fails)
+        stopping.set()
+        queue.close.remote("interrupted")  # not waited for: the driver has seconds before a SIGKILL
+        raise
+    errors = [e for e in (outcomes.get(i) for i in range(pc.num_gangs)) if e]
     closed: Closed[AdapterOutcome] = ray.get(queue.close.remote("no gang left to train it: " + "; ".join(errors) if errors else "not trained"))
     ray.kill(queue)
 
@@ -285,4 +365,4 @@ def train(clips: list[Clip], layout: RunLayout, cfg: Config, connect: Callable[[
     rows = {c.row.motion_id: c.row for c in todo}
     failures = [Failure(m, rows[m].row, STAGE, reason) for m, reason in closed.failed.items()]
     tune_seconds = sum(o.seconds for o in closed.done.values())
-    return TrainResult(adapters, failures, resumed, tune_seconds, time.time() - started, closed.conflicts, errors)
+    return TrainResult(adapters, failures, resumed, tune_seconds, time.time() - started, closed.conflicts, errors, closed.preempted)

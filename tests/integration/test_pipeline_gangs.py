@@ -56,3 +56,26 @@ def test_the_commit_marker_is_created_once_and_a_late_commit_leaves_the_first_un
     assert not _commit(result(2.0), Lease("l2", "m", item, 2), "gang1")  # a lapsed holder finishing late
     assert {p.name: p.read_bytes() for p in (tmp_path / "run" / "adapters" / "m").iterdir()} == first
     assert json.loads(first["_COMMITTED"])["gang"] == "gang0"
+
+
+def test_a_worker_that_died_with_a_preempted_node_gives_its_gangs_leases_back() -> None:
+    """No drain notice seen: Ray Train's controller hands the callback the workers' errors. A death by
+    preemption (`RayActorError.preempted`, bare or in Ray Train's health-check error) releases the
+    gang's leases without spending attempts; any other error (a crash, the clip's own) releases nothing."""
+    from ray.exceptions import ActorDiedError, RayActorError
+    from ray.train.v2._internal.exceptions import WorkerHealthCheckFailedError
+
+    from pipelines.train import _ReleaseOnPreemption
+
+    q = QueueActor.remote({"a": "item-a", "b": "item-b"}, 1, 300.0)
+    a, b = ray.get(q.lease.remote("gang0")), ray.get(q.lease.remote("gang1"))
+    callback = _ReleaseOnPreemption(q, "gang0")
+    callback.after_exception(None, {0: ActorDiedError(), 1: ValueError("the clip's own error")})  # not a preemption
+    assert ray.get(q.progress.remote())["leased"] == 2
+    callback.after_exception(None, {0: WorkerHealthCheckFailedError("worker 0 died", RayActorError(preempted=True)),
+                                    1: RuntimeError("collective aborted")})
+    assert ray.get(q.renew.remote(b.lease_id)) and not ray.get(q.renew.remote(a.lease_id))
+    again = ray.get(q.lease.remote("gang0"))
+    assert (again.motion_id, again.attempt) == ("a", 1)  # max_attempts 1, and leased again
+    closed = ray.get(q.close.remote("unused"))
+    assert closed.preempted == {"a": 1} and closed.failed == {"a": "unused", "b": "unused"}

@@ -84,3 +84,31 @@ def test_conflicts_are_counted() -> None:
     q.conflict("a")
     q.conflict("a")
     assert q.close("unused").conflicts == {"a": 2}
+
+
+def test_a_preempted_lease_goes_back_first_without_spending_an_attempt() -> None:
+    """max_attempts=1: a clip released twice by preemptions is still leased, first in line, and done."""
+    q, clock = queue("a", "b", attempts=1)
+    first = leased(q, "g0")
+    for n in (1, 2):
+        assert q.release(first.lease_id, "node preempted")
+        assert not q.renew(first.lease_id)  # the released holder cannot commit it any more
+        again = leased(q, "g1")
+        assert (again.motion_id, again.attempt) == ("a", 1)  # before b, and still its first attempt
+        first = again
+    q.complete(first.lease_id, "a", "adapter-a")
+    assert not q.release(first.lease_id, "too late")  # a finished lease cannot be released
+    b = leased(q, "g1")
+    clock.now += 31  # an expiry is not a preemption: it spends the attempt
+    assert q.lease("g1") == "done"
+    closed = q.close("unused")
+    assert closed.done == {"a": "adapter-a"} and closed.attempts == {"a": 1, "b": 1} and closed.preempted == {"a": 2}
+    assert "gave up after 1 attempts" in closed.failed[b.motion_id]
+
+
+def test_release_holder_releases_only_that_holders_leases() -> None:
+    q, _ = queue("a", "b", "c", attempts=1)
+    a, b = leased(q, "g0"), leased(q, "g1")
+    assert q.release_holder("g0", "node preempted") == ["a"] and q.release_holder("g0", "again") == []
+    assert q.renew(b.lease_id) and not q.renew(a.lease_id)
+    assert leased(q, "g2").motion_id == "a" and q.progress() == {"pending": 1, "leased": 2, "done": 0, "failed": 0}
