@@ -20,7 +20,8 @@ MovingShapes-like clip (a square crossing the frame) is tuned with the default r
 
 A row that runs out of memory is reported as such; rows not started within `--budget-s` are
 listed as skipped; `--engines torch` leaves the DeepSpeed rows out. `--tiny` swaps in the unit tests'
-debug-size UNet3D base, one 32x32x4 video size and a few steps, so that tests/unit/test_gpu_benchmark.py runs it all.
+debug-size UNet3D base, one 32x32x4 video size and a few steps: tests/unit/test_gpu_benchmark.py runs it
+(torch rows; the DeepSpeed rows are the same call with another engine, which tests/integration/test_deepspeed.py covers).
 """
 
 from __future__ import annotations

@@ -10,7 +10,8 @@ clip at `--size` pixels (latents size/8) and `--frames` frames is tuned `--steps
 `tune_clip` (the default recipe; latents given, so the VAE does not encode) under each config:
 float32 or bfloat16 base, with or without gradient checkpointing, LoRA or the full temporal branch.
 
-Each config runs in its own process, so its peak RSS (VmHWM) is that config's alone, one after
+Each config runs in its own process, so its peak RSS (VmHWM, reset once the base is built and cast, so
+the float32 construction does not count) is that config's alone, one after
 another in one run; results are written after each. A child whose RSS passes `--max-gib`
 (default: the memory available at start less 3 GiB) stops itself and is reported as not fitting.
 """
@@ -91,6 +92,10 @@ def child(spec: dict) -> dict:
         for module in (base.text_encoder, base.vae, base.unet):
             module.requires_grad_(False).eval()
     base.to("cpu", dtype)
+    import gc
+
+    gc.collect()
+    Path("/proc/self/clear_refs").write_text("5")  # reset VmHWM: the float32 build is not the config's peak
     built = _status("VmRSS")
     latent = spec["size"] // 2 ** (len(base.vae.config.block_out_channels) - 1)
     latents = torch.randn(base.unet.config.in_channels, spec["frames"], latent, latent)
@@ -114,7 +119,8 @@ def run(spec: dict) -> dict:
     except json.JSONDecodeError:
         out = {}
     if proc.returncode == 3:
-        return {"status": f"does not fit: stopped at {out.get('stopped_gib', 0):.1f} GiB (--max-gib {spec['max_gib']:.1f})"}
+        return {"status": f"does not fit: stopped at {out.get('stopped_gib', 0):.1f} GiB (--max-gib {spec['max_gib']:.1f})",
+                "stopped_gib": out.get("stopped_gib", 0.0)}
     if proc.returncode != 0:
         return {"status": "failed: " + (proc.stderr.strip().splitlines() or ["?"])[-1][:160]}
     return out | {"status": "ok"}
@@ -124,7 +130,7 @@ def report(args, results: list[tuple[dict, dict]], wall: float) -> str:
     lines = [f"# Real-size tuning steps on a CPU (python benchmarks/realsize.py {' '.join(args.argv)})".rstrip(), "",
              f"{'Debug-size bases (--tiny)' if args.tiny else 'Published configs, random weights'}; one clip "
              f"{args.size}x{args.size}x{args.frames} (latents given), {args.steps} step(s) per config, each config in its "
-             f"own process (peak = its VmHWM, the text encoder and VAE included), {args.threads} torch thread(s); "
+             f"own process (peak = its VmHWM from the base built and cast to the config's dtype on: the resident base, text encoder and VAE included), {args.threads} torch thread(s); "
              f"wall time {wall:.0f} s.", "",
              "| base | adapter | config | UNet params | s/step | peak RSS GiB | base alone GiB | status |",
              "|---|---|---|---|---|---|---|---|"]
@@ -137,6 +143,10 @@ def report(args, results: list[tuple[dict, dict]], wall: float) -> str:
               f"**{peaks[(f, k, 'fp32')] / peaks[(f, k, 'bf16+ckpt')]:.2f}x**"
               for f in args.families for k in args.kinds if (f, k, "fp32") in peaks and (f, k, "bf16+ckpt") in peaks]
     lines += ["", "Peak memory, fp32 without checkpointing over bf16 with it (goal >= 2x):", ""]
+    stopped = {(s["family"], s["kind"], s["name"]): r["stopped_gib"] for s, r in results if "stopped_gib" in r}
+    ratios += [f"{f} {k}: fp32 > {stopped[(f, k, 'fp32')]:.2f} GiB (stopped) / bf16+ckpt {peaks[(f, k, 'bf16+ckpt')]:.2f} GiB "
+               f"= **> {stopped[(f, k, 'fp32')] / peaks[(f, k, 'bf16+ckpt')]:.2f}x** (a lower bound)"
+               for f in args.families for k in args.kinds if (f, k, "fp32") in stopped and (f, k, "bf16+ckpt") in peaks]
     lines += [f"- {r}" for r in ratios] or ["- not measured (a config of the pair did not run)"]
     return "\n".join(lines) + "\n"
 
