@@ -23,7 +23,7 @@ demo: $(STAMP)
 test: $(STAMP)
 	@command -v chromium >/dev/null || { [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null && apt-get update -qq && apt-get install -y -qq chromium >/dev/null; } || echo "no chromium: the browser test of report.html is skipped"
 	$(PY) -m mypy  # both packages, configured in pyproject.toml (a few seconds: heavy libraries are not followed)
-	$(PY) -m pytest -q -p no:cacheprovider tests
+	$(PY) -m pytest -q -p no:cacheprovider --durations=25 tests
 
 pretrain: $(STAMP)
 	$(PY) -m motioncrafter.toyworld.pretrain --threads 2 --unet-steps 3000 --eval-every 500 --eval-prompts 24 --warmup 100

@@ -6,8 +6,10 @@ The gangs run `TorchTrainer.fit()` in driver threads, where Ray Train installs n
 the first SIGINT or SIGTERM into `Interrupted` in the main thread, wherever it waits (a stage's
 `ray.get`, Ray Data's iteration, a sleep). The train stage then closes the queue (no clip is handed
 out again, no late commit is accepted), `run_pipeline` writes run.json with status "interrupted"
-first (within `ray job stop`'s grace time), then shuts its Ray down, which ends the gangs (their
-actors are the driver's: they go with it on a cluster too). Committed adapters stay committed; the
+first (within `ray job stop`'s grace time) and leaves Ray up, and the CLI exits at once: the gangs
+end with the driver (an embedded Ray's processes die with it; on a cluster, a gone driver's actors
+are ended). Ray is not shut down under the gangs, because a gang thread touching Ray after
+`ray.shutdown()` makes Ray end the process with status 1. Committed adapters stay committed; the
 same run id again resumes, and a clip whose adapter was not committed is tuned again from the start.
 """
 

@@ -14,6 +14,7 @@ stopped it (`pipelines.interrupt`: run.json says "interrupted"; the same run id 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import logging
 import os
@@ -21,6 +22,7 @@ import sys
 import time
 from dataclasses import dataclass, field, replace
 from importlib import metadata
+from typing import NoReturn
 
 import ray
 
@@ -109,7 +111,7 @@ class _State:
     cfg: Config
     manifest: Manifest
     earlier: dict  # run.json of the previous run of this run id ({} for a new run)
-    interrupts: Interrupts = field(default_factory=Interrupts)
+    interrupts: Interrupts
     started_ray: bool = False
     ing: IngestResult | None = None
     tr: TrainResult = field(default_factory=lambda: TrainResult({}, [], 0, 0.0, 0.0))
@@ -231,7 +233,10 @@ def run_pipeline(manifest_uri: str, output_uri: str, config: Config | None = Non
                                                                 "interrupted_at": time.time(), "seconds": round(time.time() - started, 3)}))
             raise
         finally:
-            if st.started_ray and ray.is_initialized():
+            # An interrupted run leaves Ray up: its gang threads are inside Ray Train's fit(), and Ray's
+            # core worker ends the whole process (status 1, "The core worker has already been shutdown")
+            # when a thread touches it after ray.shutdown(). The CLI leaves at once instead (`main`).
+            if st.started_ray and ray.is_initialized() and not interrupts.fired:
                 ray.shutdown()
 
 
@@ -348,6 +353,28 @@ def build_parser(stage: str | None = None) -> argparse.ArgumentParser:
     return p
 
 
+def _leave(exit_code: int) -> NoReturn:
+    """End an interrupted driver now, run.json written: without Ray's atexit shutdown, which the gang
+    threads would turn into status 1 (see run_pipeline). An embedded Ray's processes are this
+    process's children: they are ended here as ray.shutdown() would (its raylet and GCS would die with
+    the driver anyway, its dashboard and runtime-env agents only a minute later); on a cluster there
+    are none, and Ray ends the actors of a driver that is gone."""
+    import psutil
+
+    children = psutil.Process().children(recursive=True)
+    for child in children:
+        with contextlib.suppress(psutil.NoSuchProcess):
+            child.terminate()
+    _, alive = psutil.wait_procs(children, timeout=5)
+    for child in alive:
+        with contextlib.suppress(psutil.NoSuchProcess):
+            child.kill()
+    logging.shutdown()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(exit_code)
+
+
 def main(argv: list[str] | None = None, stage: str | None = None) -> int:
     args = build_parser(stage).parse_args(argv)
     level = logging.WARNING if args.quiet else logging.DEBUG if args.verbose else logging.INFO
@@ -362,7 +389,7 @@ def main(argv: list[str] | None = None, stage: str | None = None) -> int:
         return 1
     except Interrupted as err:
         print(f"motioncrafter {stage or 'run'}: {err}; run it again with the same --run-id to resume", file=sys.stderr)
-        return err.exit_code
+        _leave(err.exit_code)
     c = info.get("counts", {})
     if not args.quiet:
         print(f"{stage or 'run'} {info['run_id']} completed in {info.get('seconds', 0):.0f} s: {c.get('summary', 0)} motions, "

@@ -65,8 +65,31 @@ def _interrupt_after_a_commit(proc: subprocess.Popen, root: Path, sig: signal.Si
         pytest.fail(f"the run did not stop within 300 s of {sig.name}:\n{proc.communicate()[0][-3000:]}")
 
 
+def _session_ends(proc: subprocess.Popen, within_s: float = 30) -> bool:
+    """Whether every process of the run's session (the embedded Ray's included) is gone within `within_s`."""
+    import psutil
+
+    def alive() -> list[psutil.Process]:  # zombies do not count: a container's init may never reap them
+        found = []
+        for p in psutil.process_iter(["status"]):
+            try:
+                if os.getpgid(p.pid) == proc.pid and p.info["status"] != psutil.STATUS_ZOMBIE:
+                    found.append(p)
+            except (ProcessLookupError, psutil.Error):
+                pass
+        return found
+
+    deadline = time.time() + within_s
+    while alive():
+        if time.time() > deadline:
+            return False
+        time.sleep(0.5)
+    return True
+
+
 def _check_interrupted(proc: subprocess.Popen, out: str, root: Path, sig: signal.Signals) -> dict:
     assert proc.returncode == 128 + sig.value, out[-3000:]
+    assert _session_ends(proc), "the embedded Ray's processes outlived the interrupted driver"
     assert f"interrupted by {sig.name}; run it again with the same --run-id to resume" in out
     info = json.loads((root / "run.json").read_text())
     assert (info["status"], info["signal"], info["interrupted_in"]) == ("interrupted", sig.name, "train"), info
@@ -92,11 +115,13 @@ def test_sigint_then_sigterm_stop_the_run_and_the_same_run_id_resumes_it(tmp_pat
         procs.append(last := _start(manifest, out))
         text = last.communicate(timeout=1800)[0]
         assert last.returncode == 0, text[-3000:]
-    finally:
+    finally:  # each run's session, Ray's processes included: a driver that died early leaves them running
         for p in procs:
-            if p.poll() is None:
+            try:
                 os.killpg(p.pid, signal.SIGKILL)
-                p.wait()
+            except ProcessLookupError:
+                pass
+            p.wait()
     info = json.loads((root / "run.json").read_text())
     assert info["status"] == "completed" and info["resumed"]
     train = info["stages"]["train"]
