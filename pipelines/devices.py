@@ -14,8 +14,8 @@ import os
 
 import ray
 
-from motioncrafter.base import resolve_device
-from motioncrafter.config import ConfigError
+from motioncrafter.base import BaseModel, open_base, resolve_device
+from motioncrafter.config import ConfigError, ModelConfig
 
 log = logging.getLogger(__name__)
 
@@ -54,3 +54,8 @@ def worker_device(requested: str) -> str:
     if gpus[n] not in visible:
         raise RuntimeError(f"Ray reserved GPU {gpus[n]} for this worker, but CUDA_VISIBLE_DEVICES={','.join(visible)} hides it")
     return f"cuda:{visible.index(gpus[n])}"  # Ray's ids are the node's; torch counts the visible ones
+
+
+def open_worker_base(model: ModelConfig) -> BaseModel:
+    """The base, opened on the device this worker may use: every stage's actors and gang ranks open it so."""
+    return open_base(model, worker_device(model.device))

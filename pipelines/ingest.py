@@ -32,13 +32,12 @@ import safetensors.numpy
 import torch
 
 from motioncrafter import storage
-from motioncrafter.base import open_base
 from motioncrafter.config import Config, ModelConfig, VideoConfig
 from motioncrafter.runformat import Failure, RunLayout, cache_key, read_table, write_table
 from motioncrafter.toyworld import BASE_DIR
 from motioncrafter.trainer import clip_hash
 from motioncrafter.video import VideoError, read_video, video_bytes_hash
-from pipelines.devices import worker_device
+from pipelines.devices import open_worker_base
 from pipelines.manifest import ManifestRow
 
 STAGE = "ingest"
@@ -144,7 +143,7 @@ class Encoder:
 
     def __init__(self, model: ModelConfig, layout: RunLayout, video: VideoConfig):
         # The whole base is opened because encode_frames lives on BaseModel; only its VAE runs here.
-        self.base = open_base(model, worker_device(model.device))
+        self.base = open_worker_base(model)
         self.layout, self.shape = layout, (video.num_frames, video.height, video.width, 3)
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:

@@ -18,13 +18,12 @@ import numpy as np
 import ray
 
 from motioncrafter.adapters import attach, detach, load_adapter
-from motioncrafter.base import open_base
 from motioncrafter.config import Config
 from motioncrafter.progress import progress
 from motioncrafter.render import render_grid
 from motioncrafter.runformat import Failure, RunLayout
 from motioncrafter.video import VideoError, frame_grid, read_video, write_gif, write_mp4, write_png
-from pipelines.devices import worker_device
+from pipelines.devices import open_worker_base
 from pipelines.ingest import Clip, load_frames
 from pipelines.manifest import ManifestRow
 from pipelines.records import AdapterOutcome
@@ -74,7 +73,7 @@ def batch_of(rows: list[dict]) -> dict[str, list]:
 class Renderer:
     def __init__(self, cfg: Config, layout: RunLayout):
         self.cfg, self.layout = cfg, layout
-        self.base = open_base(cfg.model, worker_device(cfg.model.device))
+        self.base = open_worker_base(cfg.model)
         self.attached_kind: str | None = None
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, list]:

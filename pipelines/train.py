@@ -54,12 +54,11 @@ from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
 from motioncrafter import storage
 from motioncrafter.adapters import save_adapter
-from motioncrafter.base import open_base
 from motioncrafter.config import Config
 from motioncrafter.progress import progress
 from motioncrafter.runformat import AdapterProvenance, CommitMarker, Failure, RunLayout, committed_adapters
 from motioncrafter.trainer import tune_clip
-from pipelines.devices import worker_device
+from pipelines.devices import open_worker_base
 from pipelines.ingest import Clip, load_array, load_frames
 from pipelines.manifest import ManifestRow
 from pipelines.queue import Closed, Lease, QueueActor
@@ -152,7 +151,7 @@ def gang_loop(config: dict) -> None:
     rank, world = ctx.get_world_rank(), ctx.get_world_size()
     cfg: Config = config["cfg"]
     queue, gang = config["queue"], config["gang"]
-    base = open_base(cfg.model, worker_device(cfg.model.device))  # the GPU Ray Train reserved for this rank, else the CPU
+    base = open_worker_base(cfg.model)  # the GPU Ray Train reserved for this rank, else the CPU
     tuned = 0
     while not config["max_clips"] or tuned < config["max_clips"]:
         if _preempted():  # lease nothing: Ray Train restarts the gang off the drained node at the deadline

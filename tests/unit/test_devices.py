@@ -108,7 +108,7 @@ def test_stages_open_the_base_where_ray_reserved(reserve, tmp_path, monkeypatch:
         asked.append(device)
         raise StopIteration  # the gang's loop needs no base past this point here
 
-    monkeypatch.setattr(train, "open_base", open_base)
+    monkeypatch.setattr(devices, "open_base", open_base)  # what open_worker_base opens with
     monkeypatch.setattr(ray.train, "get_context", lambda: types.SimpleNamespace(get_world_rank=lambda: 0, get_world_size=lambda: 1))
     config = {"cfg": Config(), "queue": None, "gang": "g", "max_clips": 0}
     for ids in ([], ["1"]):
