@@ -46,6 +46,7 @@ from motioncrafter.engines import make_engine
 from motioncrafter.modes import MODES, Mode
 from motioncrafter.progress import progress
 from motioncrafter.prompts import enhance, vocabulary_for
+from motioncrafter.runformat import AdapterMeta, AdapterReference
 
 MOTION, SPATIAL = "_tune_motion", "_tune_spatial"
 
@@ -329,18 +330,19 @@ class _Step:
 
 def _adapter(tensors, base: BaseModel, branches: _Branches, tune: TuneConfig, adapter: AdapterConfig, prompt: str,
              subject: str | None, frames: np.ndarray, seconds: float, world: int, steps: int) -> ad.Adapter:
-    meta = {
-        "kind": branches.kind,
-        "mode": tune.mode,
-        "family": base.family,
-        "base_fingerprint": base.fingerprint,
-        "lora": branches.lora.get(MOTION),
-        "rank": adapter.rank if branches.kind == "lora" else None,
-        "targets": sorted(branches.lora[MOTION]["target_modules"]) if MOTION in branches.lora else sorted(tensors),
-        "tune_config": {**asdict(tune), "steps": steps},
-        "adapter_config": asdict(adapter),
-        "reference": {"prompt": prompt, "subject": subject, "clip_sha256": clip_hash(frames)},
-        "train_seconds": round(seconds, 3),
-        "world_size": world,
-    }
-    return ad.Adapter(tensors, meta)
+    meta = AdapterMeta(
+        kind=branches.kind,
+        format_version=ad.FORMAT_VERSION,
+        mode=tune.mode,
+        family=base.family,
+        base_fingerprint=base.fingerprint,
+        lora=branches.lora.get(MOTION),
+        rank=adapter.rank if branches.kind == "lora" else None,
+        targets=sorted(branches.lora[MOTION]["target_modules"]) if MOTION in branches.lora else sorted(tensors),
+        tune_config={**asdict(tune), "steps": steps},
+        adapter_config=asdict(adapter),
+        reference=AdapterReference(prompt=prompt, subject=subject, clip_sha256=clip_hash(frames)),
+        train_seconds=round(seconds, 3),
+        world_size=world,
+    )
+    return ad.Adapter(tensors, meta.to_dict())

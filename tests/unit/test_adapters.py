@@ -49,7 +49,7 @@ def test_save_load_round_trip(tmp_path, tuned, bases, family):
         meta_header = json.loads(f.metadata()["motioncrafter"])
     assert meta_json == meta_header == loaded.meta
     assert meta_json["format_version"] == ad.FORMAT_VERSION
-    assert {k: v for k, v in loaded.meta.items() if k != "format_version"} == json.loads(json.dumps(adapter.meta))
+    assert loaded.meta == json.loads(json.dumps(adapter.meta))  # tune_clip writes the version it makes (AdapterMeta)
     # what the library promises is in the metadata
     assert meta_json["family"] == family and meta_json["base_fingerprint"] == f"debug-{family}-0"
     assert meta_json["kind"] == "lora" and meta_json["rank"] == 8
