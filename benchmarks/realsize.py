@@ -1,14 +1,17 @@
 """Full-size tuning steps on a CPU: seconds per step and peak memory of real-size bases.
 
     nice -n 15 python benchmarks/realsize.py [--families modelscope animatediff] [--steps 1] [--size 256] [--frames 8]
-                                             [--only fp32,bf16+ckpt] [--max-gib N] [--out benchmarks/results/realsize.md]
+                                             [--only fp32,bf16+ckpt] [--modes motioncrafter temporal_only]
+                                             [--max-gib N] [--out benchmarks/results/realsize.md]
     python benchmarks/realsize.py --tiny --out /tmp/realsize.md     # the debug-size bases, in seconds
 
 The bases are built from the published configs (motioncrafter.published: ModelScope / ZeroScope's
 UNet3D and AnimateDiff's UNetMotionModel with their text encoders and VAEs), random weights. One
 clip at `--size` pixels (latents size/8) and `--frames` frames is tuned `--steps` steps by
-`tune_clip` (the default recipe; latents given, so the VAE does not encode) under each config:
-float32 or bfloat16 base, with or without gradient checkpointing, LoRA or the full temporal branch.
+`tune_clip` (the default recipe, or each of `--modes`; latents given, so the VAE does not encode) under
+each config: float32 or bfloat16 base, with or without gradient checkpointing, LoRA or the full temporal
+branch. With several modes the report gives each config's time per step over `temporal_only`'s: what
+the method costs at real size, where a one-frame pass is a small share of a clip's.
 
 Each config runs in its own process, so its peak RSS (VmHWM, reset once the base is built and cast, so
 the float32 construction does not count) is that config's alone, one after
@@ -100,8 +103,8 @@ def child(spec: dict) -> dict:
     latent = spec["size"] // 2 ** (len(base.vae.config.block_out_channels) - 1)
     latents = torch.randn(base.unet.config.in_channels, spec["frames"], latent, latent)
     frames = np.zeros((spec["frames"], spec["size"], spec["size"], 3), np.uint8)
-    tune = TuneConfig(steps=spec["steps"], num_frames=spec["frames"], gradient_checkpointing=spec["ckpt"], progress=False,
-                      log_every=1)
+    tune = TuneConfig(mode=spec["mode"], steps=spec["steps"], num_frames=spec["frames"], gradient_checkpointing=spec["ckpt"],
+                      progress=False, log_every=1)
     started = time.perf_counter()
     result = tune_clip(base, frames, "a dog jumps over a fence in a park", tune, AdapterConfig(kind=spec["kind"]),
                        latents=latents)
@@ -132,22 +135,30 @@ def report(args, results: list[tuple[dict, dict]], wall: float) -> str:
              f"{args.size}x{args.size}x{args.frames} (latents given), {args.steps} step(s) per config, each config in its "
              f"own process (peak = its VmHWM from the base built and cast to the config's dtype on: the resident base, text encoder and VAE included), {args.threads} torch thread(s); "
              f"wall time {wall:.0f} s.", "",
-             "| base | adapter | config | UNet params | s/step | peak RSS GiB | base alone GiB | status |",
-             "|---|---|---|---|---|---|---|---|"]
+             "| base | adapter | config | mode | UNet params | s/step | peak RSS GiB | base alone GiB | status |",
+             "|---|---|---|---|---|---|---|---|---|"]
     for spec, r in results:
         cells = ([f"{r['unet_m']:,.1f} M", f"{r['s_per_step']:.1f}", f"{r['peak_gib']:.2f}", f"{r['base_gib']:.2f}"]
                  if r["status"] == "ok" else [""] * 4)
-        lines.append(f"| {spec['family']} | {spec['kind']} | {spec['name']} | {' | '.join(cells)} | {r['status']} |")
-    peaks = {(s["family"], s["kind"], s["name"]): r["peak_gib"] for s, r in results if r["status"] == "ok"}
+        lines.append(f"| {spec['family']} | {spec['kind']} | {spec['name']} | {spec['mode']} | {' | '.join(cells)} | {r['status']} |")
+    first = args.modes[0]  # the memory comparison is of the first mode's rows
+    peaks = {(s["family"], s["kind"], s["name"]): r["peak_gib"] for s, r in results if r["status"] == "ok" and s["mode"] == first}
     ratios = [f"{f} {k}: fp32 {peaks[(f, k, 'fp32')]:.2f} GiB / bf16+ckpt {peaks[(f, k, 'bf16+ckpt')]:.2f} GiB = "
               f"**{peaks[(f, k, 'fp32')] / peaks[(f, k, 'bf16+ckpt')]:.2f}x**"
               for f in args.families for k in args.kinds if (f, k, "fp32") in peaks and (f, k, "bf16+ckpt") in peaks]
     lines += ["", "Peak memory, fp32 without checkpointing over bf16 with it (goal >= 2x):", ""]
-    stopped = {(s["family"], s["kind"], s["name"]): r["stopped_gib"] for s, r in results if "stopped_gib" in r}
+    stopped = {(s["family"], s["kind"], s["name"]): r["stopped_gib"] for s, r in results if "stopped_gib" in r and s["mode"] == first}
     ratios += [f"{f} {k}: fp32 > {stopped[(f, k, 'fp32')]:.2f} GiB (stopped) / bf16+ckpt {peaks[(f, k, 'bf16+ckpt')]:.2f} GiB "
                f"= **> {stopped[(f, k, 'fp32')] / peaks[(f, k, 'bf16+ckpt')]:.2f}x** (a lower bound)"
                for f in args.families for k in args.kinds if (f, k, "fp32") in stopped and (f, k, "bf16+ckpt") in peaks]
     lines += [f"- {r}" for r in ratios] or ["- not measured (a config of the pair did not run)"]
+    if len(args.modes) > 1:
+        step = {(s["family"], s["kind"], s["name"], s["mode"]): r["s_per_step"] for s, r in results if r["status"] == "ok"}
+        costs = [f"{f} {k} {c}: {m} {step[(f, k, c, m)]:.1f} s / temporal_only {step[(f, k, c, 'temporal_only')]:.1f} s = "
+                 f"**{step[(f, k, c, m)] / step[(f, k, c, 'temporal_only')]:.2f}x**"
+                 for f, k, c, m in step if m != "temporal_only" and (f, k, c, "temporal_only") in step]
+        lines += ["", "Time per step over `temporal_only`'s, same config, side by side in this run:", ""]
+        lines += [f"- {c}" for c in costs] or ["- not measured (a mode of the pair did not run)"]
     return "\n".join(lines) + "\n"
 
 
@@ -158,6 +169,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--families", nargs="+", default=["modelscope", "animatediff"])
     parser.add_argument("--kinds", nargs="+", default=list(KINDS))
     parser.add_argument("--only", default=",".join(CONFIGS), help="configs to run, of " + ", ".join(CONFIGS))
+    parser.add_argument("--modes", nargs="+", default=["motioncrafter"], help="tune.mode of each config (the first: memory)")
     parser.add_argument("--steps", type=int, default=1)
     parser.add_argument("--size", type=int, default=None, help="frame size in pixels (256; --tiny 32)")
     parser.add_argument("--frames", type=int, default=None, help="frames of the clip (8; --tiny 4)")
@@ -176,15 +188,16 @@ def main(argv: list[str] | None = None) -> None:
     for family in args.families:
         for kind in args.kinds:
             for name in args.only.split(","):
-                dtype, ckpt = CONFIGS[name]
-                spec = dict(family=family, kind=kind, name=name, dtype=dtype, ckpt=ckpt, tiny=args.tiny, size=args.size,
-                            frames=args.frames, steps=args.steps, threads=args.threads, max_gib=max_gib)
-                r = run(spec)
-                results.append((spec, r))
-                print(f"{family} {kind} {name}: {r['status']}" + (f", {r['s_per_step']:.1f} s/step, peak {r['peak_gib']:.2f} GiB"
-                                                                   if r["status"] == "ok" else ""), flush=True)
-                Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-                Path(args.out).write_text(report(args, results, time.perf_counter() - started))  # after each config
+                for mode in args.modes:
+                    dtype, ckpt = CONFIGS[name]
+                    spec = dict(family=family, kind=kind, name=name, mode=mode, dtype=dtype, ckpt=ckpt, tiny=args.tiny,
+                                size=args.size, frames=args.frames, steps=args.steps, threads=args.threads, max_gib=max_gib)
+                    r = run(spec)
+                    results.append((spec, r))
+                    print(f"{family} {kind} {name} {mode}: {r['status']}"
+                          + (f", {r['s_per_step']:.1f} s/step, peak {r['peak_gib']:.2f} GiB" if r["status"] == "ok" else ""), flush=True)
+                    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+                    Path(args.out).write_text(report(args, results, time.perf_counter() - started))  # after each config
     print(Path(args.out).read_text())
 
 

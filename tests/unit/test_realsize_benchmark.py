@@ -22,8 +22,15 @@ def test_realsize_tiny_measures_each_config_in_its_own_process(tmp_path, monkeyp
     rows = _rows(text)
     assert [r[2] for r in rows] == ["fp32", "bf16+ckpt"] and all(r[-1] == "ok" for r in rows), rows
     for r in rows:
-        assert float(r[4]) > 0 and float(r[5]) >= float(r[6]) > 0  # s/step; the peak is at least the built base
+        assert float(r[5]) > 0 and float(r[6]) >= float(r[7]) > 0  # s/step; the peak is at least the built base
     assert "- modelscope lora: fp32 " in text and "x**" in text
+    assert "over `temporal_only`'s" not in text  # one mode: no cost lines
+
+    realsize.main(["--tiny", "--families", "modelscope", "--kinds", "lora", "--only", "fp32", "--threads", "1",
+                   "--modes", "motioncrafter", "temporal_only", "--out", str(out)])
+    text = out.read_text()
+    assert [r[3] for r in _rows(text)] == ["motioncrafter", "temporal_only"]
+    assert "- modelscope lora fp32: motioncrafter " in text and "/ temporal_only " in text
 
     realsize.main(["--tiny", "--families", "modelscope", "--kinds", "lora", "--only", "fp32", "--max-gib", "0.2",
                    "--out", str(out)])
