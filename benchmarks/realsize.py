@@ -94,6 +94,7 @@ def child(spec: dict) -> dict:
                          scheduler=pipe.scheduler, family="unet3d" if spec["family"] == "modelscope" else "animatediff")
         for module in (base.text_encoder, base.vae, base.unet):
             module.requires_grad_(False).eval()
+        del pipe  # AnimateDiff's pipeline also holds its MotionAdapter, whose weights the UNetMotionModel copied
     base.to("cpu", dtype)
     import gc
 
