@@ -189,8 +189,8 @@ def main(argv: list[str] | None = None) -> None:
     for family in args.families:
         for kind in args.kinds:
             for name in args.only.split(","):
+                dtype, ckpt = CONFIGS[name]
                 for mode in args.modes:
-                    dtype, ckpt = CONFIGS[name]
                     spec = dict(family=family, kind=kind, name=name, mode=mode, dtype=dtype, ckpt=ckpt, tiny=args.tiny,
                                 size=args.size, frames=args.frames, steps=args.steps, threads=args.threads, max_gib=max_gib)
                     r = run(spec)
