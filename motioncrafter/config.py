@@ -154,7 +154,7 @@ class TuneConfig:
 
     mode: str = "motioncrafter"  # motioncrafter | temporal_only | motiondirector | full_finetune
     steps: int = 200  # optimizer steps per clip
-    lr: float = 3e-3  # temporal branch (motion adapter); chosen on the dev clips (benchmarks/results/ablation_dev.md)
+    lr: float = 0.0  # temporal branch (motion adapter); 0 = the mode's own (modes.py), chosen on the dev clips
     spatial_lr: float = 1e-3  # spatial path
     weight_decay: float = 0.0  # AdamW weight decay
     lambda_app: float = 0.0  # weight of appearance normalization against the frozen base; 0 by measurement (README, method)
@@ -187,7 +187,7 @@ class TuneConfig:
         _check(self.temporal_prompt in ("clip", "enhanced"), "tune.temporal_prompt", f"{self.temporal_prompt!r} is not clip or enhanced")
         _check_range(self.motion_timesteps, "tune.motion_timesteps")
         _check_range(self.appearance_timesteps, "tune.appearance_timesteps")
-        _check(self.lr > 0 and self.spatial_lr > 0, "tune.lr", "learning rates must be > 0")
+        _check(self.lr >= 0 and self.spatial_lr > 0, "tune.lr", "learning rates must be > 0 (tune.lr 0: the mode's own)")
         _check(self.num_frames >= 2, "tune.num_frames", f"a motion needs >= 2 frames, got {self.num_frames}")
         _check(self.batch >= 1, "tune.batch", f"must be >= 1, got {self.batch}")
         _check(self.engine in ("torch", "deepspeed"), "tune.engine", f"{self.engine!r} is not torch or deepspeed")

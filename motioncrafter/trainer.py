@@ -4,13 +4,14 @@ Every mode runs through the same loop; a mode (`motioncrafter.modes`) only
 decides which adapters exist and which loss terms are on (see `losses`):
 
   mode            trained                    loss terms
-  motioncrafter   temporal LoRA + spatial    L_tmp + L_sp + lambda * L_app
+  motioncrafter   temporal LoRA + spatial    L_tmp + L_tmp(appearance-debiased) + L_sp + lambda * L_app
   temporal_only   temporal LoRA              L_tmp
   motiondirector  temporal LoRA + spatial    L_tmp + L_tmp(appearance-debiased) + L_sp
-
-`tune.temporal_loss` overrides the mode's form of L_tmp, `tune.spatial_every` runs
-the spatial path's pass on every k-th step only (it costs a UNet call).
   full_finetune   the whole UNet             L_tmp
+
+`tune.temporal_loss` overrides the mode's form of L_tmp and `tune.lr` its learning
+rate; `tune.spatial_every` runs the spatial path's pass on every k-th step only (it
+costs a UNet call).
 
 The spatial path's LoRA sits in the temporal path too, frozen there (the
 parallel architecture: it soaks up the clip's appearance so the temporal branch
@@ -32,7 +33,7 @@ import copy
 import hashlib
 import random
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 
 import numpy as np
 import torch
@@ -148,6 +149,13 @@ class _Branches:
         self.unet.requires_grad_(False)
 
 
+def with_mode_recipe(tune: TuneConfig, mode: Mode) -> TuneConfig:
+    """`tune` with the mode's own temporal loss and learning rate where it leaves them to the
+    mode (`auto`, 0), so the adapter records the recipe that ran."""
+    temporal_loss = mode.temporal_loss if tune.temporal_loss == "auto" else tune.temporal_loss
+    return replace(tune, lr=tune.lr or mode.lr, temporal_loss=temporal_loss)
+
+
 def _rank_and_world() -> tuple[int, int]:
     if torch.distributed.is_available() and torch.distributed.is_initialized():
         return torch.distributed.get_rank(), torch.distributed.get_world_size()
@@ -185,6 +193,7 @@ def tune_clip(
     frames = frames[idx]
     enhance_cfg = vocabulary_for(enhance_cfg or EnhanceConfig(), base.vocabulary)
     mode = MODES[tune.mode]
+    tune = with_mode_recipe(tune, mode)
     rank, world = _rank_and_world()
     started = time.time()
     if base.device.type == "cuda":
@@ -244,7 +253,7 @@ class _Step:
         self.base, self.branches, self.mode, self.tune = base, branches, mode, tune
         self.prompt, self.subject, self.enhance_cfg = prompt, subject, enhance_cfg
         self.use_app = mode.appearance_norm and tune.lambda_app > 0
-        self.temporal_loss = mode.temporal_loss if tune.temporal_loss == "auto" else tune.temporal_loss
+        self.temporal_loss = with_mode_recipe(tune, mode).temporal_loss
         self.calls = 0
         self.ranges = [tune.motion_timesteps] + ([tune.appearance_timesteps] if self.use_app else [])
         self.num_train = base.scheduler.config.num_train_timesteps

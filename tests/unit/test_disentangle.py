@@ -62,6 +62,21 @@ def test_temporal_loss_switch_overrides_the_mode(bases, clip, mc, mode, own):
     assert all(abs(value - auto) > 1e-4 for value in others.values()), (auto, others)
 
 
+def test_each_mode_tunes_at_its_own_learning_rate_unless_tune_lr_sets_one(bases, clip, mc):
+    def run(mode, **kw):
+        return tune_clip(bases["unet3d"], clip.frames, clip.caption, mc.tune_cfg(mode=mode, steps=1, lambda_app=0.0, **kw)).adapter
+
+    assert MODES["motioncrafter"].lr != MODES["temporal_only"].lr  # else this test could not tell them apart
+    for mode in ("motioncrafter", "temporal_only"):
+        own, explicit = run(mode), run(mode, lr=MODES[mode].lr)
+        assert own.meta["tune_config"]["lr"] == MODES[mode].lr
+        assert own.meta["tune_config"]["temporal_loss"] == MODES[mode].temporal_loss  # the recipe that ran, not "auto"
+        assert all(torch.equal(own.tensors[k], explicit.tensors[k]) for k in own.tensors)
+    other = run("motioncrafter", lr=MODES["temporal_only"].lr)  # the rate is used, not only recorded
+    own = run("motioncrafter")
+    assert any(not torch.equal(own.tensors[k], other.tensors[k]) for k in own.tensors)
+
+
 def test_spatial_every_runs_the_spatial_pass_on_every_kth_step(bases, clip, mc):
     history = tune_clip(bases["unet3d"], clip.frames, clip.caption, mc.tune_cfg(steps=6, log_every=1, spatial_every=3)).history
     assert ["sp" in row for row in history] == [True, False, False, True, False, False]
