@@ -81,7 +81,10 @@ def test_deepspeed_mixed_precision_over_a_bfloat16_base():
     base = debug_base("unet3d").to("cpu", torch.bfloat16)
     before = {k: v.clone() for k, v in base.unet.state_dict().items()}
     clip = render(ClipSpec("blue", "square", "white", "circle"))
-    cfg = TuneConfig(steps=3, progress=False, log_every=1)
+    # DeepSpeed keeps the tuned weights in bf16 in the module, the torch engine in float32: the two runs part by
+    # the rounding of each update, so the rate is held at 3e-3, where 3 steps stay within 2% (at motioncrafter's
+    # own 1e-2 the third loss parts by 2.9%)
+    cfg = TuneConfig(steps=3, progress=False, log_every=1, lr=3e-3)
     plain = tune_clip(base, clip.frames, clip.caption, cfg)
     ds = tune_clip(base, clip.frames, clip.caption, replace(cfg, engine="deepspeed"))
     torch.testing.assert_close([h["loss"] for h in ds.history], [h["loss"] for h in plain.history], rtol=2e-2, atol=0)
