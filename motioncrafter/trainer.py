@@ -246,14 +246,15 @@ def tune_clip(
 
 
 class _Step:
-    """The loss terms of one optimizer step, for any mode (see the module docstring)."""
+    """The loss terms of one optimizer step, for any mode (see the module docstring);
+    `tune` has the mode's recipe filled in (`with_mode_recipe`)."""
 
     def __init__(self, base: BaseModel, branches: _Branches, mode: Mode, tune: TuneConfig, prompt: str,
                  subject: str | None, enhance_cfg: EnhanceConfig, rank: int):
         self.base, self.branches, self.mode, self.tune = base, branches, mode, tune
         self.prompt, self.subject, self.enhance_cfg = prompt, subject, enhance_cfg
         self.use_app = mode.appearance_norm and tune.lambda_app > 0
-        self.temporal_loss = with_mode_recipe(tune, mode).temporal_loss
+        self.temporal_loss = tune.temporal_loss  # resolved by `with_mode_recipe`: never "auto" here
         self.calls = 0
         self.ranges = [tune.motion_timesteps] + ([tune.appearance_timesteps] if self.use_app else [])
         self.num_train = base.scheduler.config.num_train_timesteps

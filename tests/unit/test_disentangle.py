@@ -13,7 +13,7 @@ from motioncrafter.branches import lora_targets
 from motioncrafter.config import AdapterConfig, ConfigError, EnhanceConfig, RenderConfig, TuneConfig
 from motioncrafter.modes import MODES
 from motioncrafter.render import render, schedule_scale
-from motioncrafter.trainer import MOTION, SPATIAL, _Branches, _Step, tune_clip
+from motioncrafter.trainer import MOTION, SPATIAL, _Branches, _Step, tune_clip, with_mode_recipe
 
 pytestmark = pytest.mark.filterwarnings(
     "ignore:Already found a `peft_config` attribute",
@@ -67,14 +67,14 @@ def test_each_mode_tunes_at_its_own_learning_rate_unless_tune_lr_sets_one(bases,
         return tune_clip(bases["unet3d"], clip.frames, clip.caption, mc.tune_cfg(mode=mode, steps=1, lambda_app=0.0, **kw)).adapter
 
     assert MODES["motioncrafter"].lr != MODES["temporal_only"].lr  # else this test could not tell them apart
-    for mode in ("motioncrafter", "temporal_only"):
-        own, explicit = run(mode), run(mode, lr=MODES[mode].lr)
-        assert own.meta["tune_config"]["lr"] == MODES[mode].lr
-        assert own.meta["tune_config"]["temporal_loss"] == MODES[mode].temporal_loss  # the recipe that ran, not "auto"
-        assert all(torch.equal(own.tensors[k], explicit.tensors[k]) for k in own.tensors)
+    own = {mode: run(mode) for mode in ("motioncrafter", "temporal_only")}
+    for mode, adapter in own.items():
+        explicit = run(mode, lr=MODES[mode].lr)
+        assert adapter.meta["tune_config"]["lr"] == MODES[mode].lr
+        assert adapter.meta["tune_config"]["temporal_loss"] == MODES[mode].temporal_loss  # the recipe that ran, not "auto"
+        assert all(torch.equal(adapter.tensors[k], explicit.tensors[k]) for k in adapter.tensors)
     other = run("motioncrafter", lr=MODES["temporal_only"].lr)  # the rate is used, not only recorded
-    own = run("motioncrafter")
-    assert any(not torch.equal(own.tensors[k], other.tensors[k]) for k in own.tensors)
+    assert any(not torch.equal(own["motioncrafter"].tensors[k], other.tensors[k]) for k in other.tensors)
 
 
 def test_spatial_every_runs_the_spatial_pass_on_every_kth_step(bases, clip, mc):
@@ -86,7 +86,7 @@ def test_spatial_every_runs_the_spatial_pass_on_every_kth_step(bases, clip, mc):
 @pytest.mark.parametrize("temporal_prompt", ["clip", "enhanced"])
 def test_each_term_reaches_only_its_branch(fresh_base, clip, mc, app_loss, temporal_prompt):
     base = fresh_base("unet3d")
-    tune = mc.tune_cfg(app_loss=app_loss, temporal_prompt=temporal_prompt)
+    tune = with_mode_recipe(mc.tune_cfg(app_loss=app_loss, temporal_prompt=temporal_prompt), MODES["motioncrafter"])
     branches = _Branches(base, MODES["motioncrafter"], AdapterConfig(rank=2, spatial_rank=2), tune)
     step = _Step(base, branches, MODES["motioncrafter"], tune, clip.caption, None, EnhanceConfig(), 0)
     try:
