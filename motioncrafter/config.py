@@ -156,6 +156,7 @@ class TuneConfig:
     steps: int = 200  # optimizer steps per clip
     lr: float = 0.0  # temporal branch (motion adapter); 0 = the mode's own (modes.py), chosen on the dev clips
     spatial_lr: float = 1e-3  # spatial path
+    warmup_steps: int = 0  # the learning rates rise linearly from 0 over the first k steps, then stay (diffusers' constant_with_warmup)
     weight_decay: float = 0.0  # AdamW weight decay
     lambda_app: float = 0.0  # weight of appearance normalization against the frozen base; 0 by measurement (README, method)
     app_loss: str = "output"  # output: whole prediction | static: its temporal mean only | stats: spatial-feature statistics
@@ -179,6 +180,7 @@ class TuneConfig:
     def __post_init__(self) -> None:
         _check(self.mode in MODES, "tune.mode", f"{self.mode!r} is not one of {MODES}")
         _check(self.steps >= 1, "tune.steps", f"must be >= 1, got {self.steps}")
+        _check(self.warmup_steps >= 0, "tune.warmup_steps", f"must be >= 0, got {self.warmup_steps}")
         _check(self.lambda_app >= 0, "tune.lambda_app", f"must be >= 0, got {self.lambda_app}")
         _check(self.app_loss in APP_LOSSES, "tune.app_loss", f"{self.app_loss!r} is not one of {APP_LOSSES}")
         _check(self.temporal_loss in ("auto", *TEMPORAL_LOSSES), "tune.temporal_loss",

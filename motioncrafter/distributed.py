@@ -28,6 +28,7 @@ import torch
 from torch import nn
 
 from motioncrafter.config import TuneConfig
+from motioncrafter.engines import lr_schedule
 
 
 def _import_deepspeed(device_type: str = "cpu"):
@@ -96,14 +97,15 @@ class DeepSpeedEngine:
         # on a GPU the engine keeps the model on the one it is on (pipelines.devices chose it), not cuda:LOCAL_RANK
         args = types.SimpleNamespace(device_rank=device.index or 0) if device.type == "cuda" else None
         self.engine, *_ = deepspeed.initialize(
-            args=args, model=model, optimizer=optimizer, config=ds_config(cfg, torch.distributed.get_world_size(), dtype)
+            args=args, model=model, optimizer=optimizer, lr_scheduler=lr_schedule(cfg),
+            config=ds_config(cfg, torch.distributed.get_world_size(), dtype),
         )
 
     def backward(self, loss: torch.Tensor) -> None:
         self.engine.backward(loss)
 
     def step(self) -> None:
-        self.engine.step()  # clips, steps and zeroes the gradients
+        self.engine.step()  # clips, steps, zeroes the gradients and steps the lr schedule
 
     def gather(self, params: list[nn.Parameter]):
         """Full parameters on every rank while inside (ZeRO-3 keeps only a shard otherwise)."""

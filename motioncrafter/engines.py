@@ -1,7 +1,8 @@
 """Optimizer engines behind `tune_clip`: plain torch AdamW, or a DeepSpeed engine.
 
 Both expose the same two calls, `backward(loss)` and `step()`, so the tuning
-loop is one code path whatever the engine.
+loop is one code path whatever the engine. Both step the same learning-rate
+schedule (`lr_schedule`) after each optimizer step.
 """
 
 from __future__ import annotations
@@ -12,6 +13,14 @@ import torch
 from torch import nn
 
 from motioncrafter.config import TuneConfig
+
+
+def lr_schedule(cfg: TuneConfig):
+    """optimizer -> its schedule: a linear warm-up over `tune.warmup_steps`, then constant (so the
+    adapter after k steps is the one a k-step run gives, whatever the budget)."""
+    from diffusers.optimization import get_constant_schedule_with_warmup
+
+    return lambda optimizer: get_constant_schedule_with_warmup(optimizer, cfg.warmup_steps)
 
 
 class TorchEngine:
@@ -27,6 +36,7 @@ class TorchEngine:
         for p in self.params:
             p.data = p.data.float()
         self.optimizer = torch.optim.AdamW(param_groups, weight_decay=cfg.weight_decay)
+        self.schedule = lr_schedule(cfg)(self.optimizer)
         self.grad_clip = cfg.grad_clip
         device = self.params[0].device.type if self.params else "cpu"
         self.scaler = torch.amp.GradScaler(device, enabled=dtype == torch.float16)
@@ -40,6 +50,7 @@ class TorchEngine:
             torch.nn.utils.clip_grad_norm_(self.params, self.grad_clip)
         self.scaler.step(self.optimizer)  # skipped when float16 gradients overflowed
         self.scaler.update()
+        self.schedule.step()
         self.optimizer.zero_grad(set_to_none=True)
 
     def gather(self, params: list[nn.Parameter]):

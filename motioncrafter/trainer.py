@@ -179,8 +179,8 @@ def tune_clip(
     pipeline caches them at ingest); with them the VAE does not run again here.
 
     `snapshot_at`: step counts after which a copy of the adapter is kept too
-    (`TuneResult.snapshots`); the learning rate is constant, so the snapshot after k
-    steps is the adapter a k-step run gives.
+    (`TuneResult.snapshots`); the learning rate is constant after its warm-up, so the
+    snapshot after k steps is the adapter a k-step run gives.
 
     Deterministic given `tune.seed`. Under torch.distributed (DeepSpeed engine,
     several ranks) every rank tunes the same clip with its own noise draws and

@@ -71,6 +71,23 @@ def test_single_process_deepspeed_matches_torch_engine_shape():
         torch.testing.assert_close(plain.adapter.tensors[k], ds.adapter.tensors[k], rtol=1e-4, atol=1e-5)
 
 
+def test_deepspeed_steps_the_warmup_schedule():
+    """DeepSpeed steps the same learning-rate warm-up as the torch engine (it is handed the schedule)."""
+    from motioncrafter.toyworld.model import debug_base
+    from motioncrafter.toyworld.world import ClipSpec, render
+    from motioncrafter.trainer import tune_clip
+
+    base = debug_base("unet3d")
+    clip = render(ClipSpec("blue", "square", "white", "circle"))
+    cfg = TuneConfig(steps=3, warmup_steps=2, progress=False, engine="deepspeed")
+    ds = tune_clip(base, clip.frames, clip.caption, cfg).adapter.tensors
+    plain = tune_clip(base, clip.frames, clip.caption, replace(cfg, engine="torch")).adapter.tensors
+    constant = tune_clip(base, clip.frames, clip.caption, replace(cfg, warmup_steps=0)).adapter.tensors
+    for k in plain:
+        torch.testing.assert_close(plain[k], ds[k], rtol=1e-4, atol=1e-5)
+    assert max(float((ds[k] - constant[k]).abs().max()) for k in ds) > 1e-3  # the warm-up changed DeepSpeed's steps
+
+
 def test_deepspeed_mixed_precision_over_a_bfloat16_base():
     """DeepSpeed's own bf16 (module in bf16, float32 masters in its optimizer) follows the torch
     engine's autocast run on the same bfloat16 base, and leaves the base as it was."""

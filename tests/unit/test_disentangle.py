@@ -77,6 +77,20 @@ def test_each_mode_tunes_at_its_own_learning_rate_unless_tune_lr_sets_one(bases,
     assert any(not torch.equal(own["motioncrafter"].tensors[k], other.tensors[k]) for k in other.tensors)
 
 
+def test_warmup_starts_the_learning_rate_at_zero_and_raises_it(bases, clip, mc):
+    """diffusers' constant_with_warmup: the first step's rate is 0 (the adapter does not move), then it rises."""
+    def run(warmup):
+        cfg = mc.tune_cfg(mode="temporal_only", steps=3, warmup_steps=warmup)
+        return tune_clip(bases["unet3d"], clip.frames, clip.caption, cfg, snapshot_at=(1,))
+
+    warm, constant = run(2), run(0)
+    lora_b = lambda adapter: [t for k, t in adapter.tensors.items() if ".lora_B." in k]  # noqa: E731 (zero at init)
+    assert lora_b(warm.snapshots[1]) and not any(t.any() for t in lora_b(warm.snapshots[1]))
+    assert any(t.any() for t in lora_b(constant.snapshots[1]))
+    assert any(t.any() for t in lora_b(warm.adapter))  # it does learn once the rate rises
+    assert mc.as_bytes(warm.adapter.tensors) != mc.as_bytes(constant.adapter.tensors)
+
+
 def test_spatial_every_runs_the_spatial_pass_on_every_kth_step(bases, clip, mc):
     history = tune_clip(bases["unet3d"], clip.frames, clip.caption, mc.tune_cfg(steps=6, log_every=1, spatial_every=3)).history
     assert ["sp" in row for row in history] == [True, False, False, True, False, False]
