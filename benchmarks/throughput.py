@@ -81,7 +81,7 @@ def main() -> None:
     runs = [(steps, args.clips, scheduler) for steps in args.steps for scheduler in ("gangs", "per_clip")]
     runs += [(args.large_steps, args.large, "gangs")] if args.large else []
     rows = []
-    ray.init(num_cpus=args.num_cpus, include_dashboard=False, namespace="mc-throughput")
+    ray.init(address="local", num_cpus=args.num_cpus, include_dashboard=False, namespace="mc-throughput")
     try:
         clips = ingest(manifest.rows, RunLayout(str(work / "out"), "ingest"), load_config(None, common)).clips
         for steps, count, scheduler in runs:

@@ -66,8 +66,9 @@ def _connect(pc: PipelineConfig) -> bool:
     address = pc.ray_address or os.environ.get("RAY_ADDRESS")  # set for drivers of `ray job submit`
     if address:
         ray.init(address=address, namespace="motioncrafter")
-    else:
-        ray.init(num_cpus=pc.ray_num_cpus or None, dashboard_host=pc.dashboard_host, namespace="motioncrafter")
+    else:  # "local": a Ray of our own, even where a `ray start` head's address file lingers in /tmp/ray
+        ray.init(address="local", num_cpus=pc.ray_num_cpus or None, dashboard_host=pc.dashboard_host,
+                 namespace="motioncrafter")
     return True
 
 

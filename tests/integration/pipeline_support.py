@@ -34,7 +34,7 @@ def start_ray(**kwargs) -> None:
     """A small local Ray of our own (other test sessions may run beside us on the machine)."""
     import ray
 
-    options = {"num_cpus": 4, "object_store_memory": 200 * 2**20, "include_dashboard": False,
+    options = {"address": "local", "num_cpus": 4, "object_store_memory": 200 * 2**20, "include_dashboard": False,
                "namespace": f"mc-test-{uuid.uuid4().hex[:8]}"}
     for attempt in (1, 2, 3):
         try:
