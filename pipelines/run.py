@@ -14,7 +14,6 @@ stopped it (`pipelines.interrupt`: run.json says "interrupted"; the same run id 
 from __future__ import annotations
 
 import argparse
-import contextlib
 import json
 import logging
 import os
@@ -22,7 +21,6 @@ import sys
 import time
 from dataclasses import dataclass, field, replace
 from importlib import metadata
-from typing import NoReturn
 
 import ray
 
@@ -33,7 +31,7 @@ from motioncrafter.toyworld import BASE_DIR
 from pipelines import report
 from pipelines.evaluate import EvaluateResult, evaluate
 from pipelines.ingest import IngestResult, ingest
-from pipelines.interrupt import Interrupted, Interrupts
+from pipelines.interrupt import Interrupted, Interrupts, leave
 from pipelines.manifest import Manifest, ManifestError, load_manifest
 from pipelines.render import render_motions, stored_renders, write_renders
 from pipelines.records import AdapterOutcome
@@ -354,28 +352,6 @@ def build_parser(stage: str | None = None) -> argparse.ArgumentParser:
     return p
 
 
-def _leave(exit_code: int) -> NoReturn:
-    """End an interrupted driver now, run.json written: without Ray's atexit shutdown, which the gang
-    threads would turn into status 1 (see run_pipeline). An embedded Ray's processes are this
-    process's children: they are ended here as ray.shutdown() would (its raylet and GCS would die with
-    the driver anyway, its dashboard and runtime-env agents only a minute later); on a cluster there
-    are none, and Ray ends the actors of a driver that is gone."""
-    import psutil
-
-    children = psutil.Process().children(recursive=True)
-    for child in children:
-        with contextlib.suppress(psutil.NoSuchProcess):
-            child.terminate()
-    _, alive = psutil.wait_procs(children, timeout=5)
-    for child in alive:
-        with contextlib.suppress(psutil.NoSuchProcess):
-            child.kill()
-    logging.shutdown()
-    sys.stdout.flush()
-    sys.stderr.flush()
-    os._exit(exit_code)
-
-
 def main(argv: list[str] | None = None, stage: str | None = None) -> int:
     args = build_parser(stage).parse_args(argv)
     level = logging.WARNING if args.quiet else logging.DEBUG if args.verbose else logging.INFO
@@ -390,7 +366,7 @@ def main(argv: list[str] | None = None, stage: str | None = None) -> int:
         return 1
     except Interrupted as err:
         print(f"motioncrafter {stage or 'run'}: {err}; run it again with the same --run-id to resume", file=sys.stderr)
-        _leave(err.exit_code)
+        leave(err.exit_code)
     c = info.get("counts", {})
     if not args.quiet:
         print(f"{stage or 'run'} {info['run_id']} completed in {info.get('seconds', 0):.0f} s: {c.get('summary', 0)} motions, "
