@@ -165,7 +165,8 @@ class TuneConfig:
     appearance_timesteps: list[float] = field(default_factory=lambda: [0.0, 1.0])  # where L_app applies; a step draws t from the union of both
     temporal_loss: str = "auto"  # auto: the mode's own | plain | debiased: plain + MotionDirector's | centered: frame-varying part only
     beta: float = 1.0  # MotionDirector appearance-debiasing weight of the anchor frame
-    spatial_every: int = 1  # the spatial path's single-frame pass every k steps (it costs a UNet call)
+    spatial_every: int = 1  # the spatial path on every k-th step only
+    spatial_pass: str = "frame"  # frame: the spatial LoRA tuned by L_sp on one random frame, a UNet call of its own | joint: by L_tmp in the temporal pass
     num_frames: int = 8  # frames of the clip the adapter learns from
     batch: int = 1  # noise draws of the clip per step and rank
     gradient_checkpointing: bool = False  # recompute UNet block activations in backward: less memory, more time
@@ -187,6 +188,10 @@ class TuneConfig:
                f"{self.temporal_loss!r} is not auto or one of {TEMPORAL_LOSSES}")
         _check(self.spatial_every >= 1, "tune.spatial_every", f"must be >= 1, got {self.spatial_every}")
         _check(self.temporal_prompt in ("clip", "enhanced"), "tune.temporal_prompt", f"{self.temporal_prompt!r} is not clip or enhanced")
+        _check(self.spatial_pass in ("frame", "joint"), "tune.spatial_pass", f"{self.spatial_pass!r} is not frame or joint")
+        # the enhanced prompt's pass is shared with L_app, which must not tune the spatial LoRA
+        _check(not (self.spatial_pass == "joint" and self.temporal_prompt == "enhanced"), "tune.spatial_pass",
+               "joint needs tune.temporal_prompt = clip (the enhanced prompt's pass is shared with L_app)")
         _check_range(self.motion_timesteps, "tune.motion_timesteps")
         _check_range(self.appearance_timesteps, "tune.appearance_timesteps")
         _check(self.lr >= 0 and self.spatial_lr > 0, "tune.lr", "learning rates must be > 0 (tune.lr 0: the mode's own)")

@@ -10,8 +10,10 @@ decides which adapters exist and which loss terms are on (see `losses`):
   full_finetune   the whole UNet             L_tmp
 
 `tune.temporal_loss` overrides the mode's form of L_tmp and `tune.lr` its learning
-rate; `tune.spatial_every` runs the spatial path's pass on every k-th step only (it
-costs a UNet call).
+rate; `tune.spatial_every` runs the spatial path on every k-th step only.
+`tune.spatial_pass` chooses how the spatial path is tuned: `frame` (MotionDirector's
+and the paper's) by L_sp in a pass of its own on one random frame, `joint` by L_tmp
+in the temporal pass itself (one UNet call per step instead of two).
 
 The spatial path's LoRA sits in the temporal path too, frozen there (the
 parallel architecture: it soaks up the clip's appearance so the temporal branch
@@ -104,13 +106,13 @@ class _Branches:
         lrs = {MOTION: tcfg.lr, SPATIAL: tcfg.spatial_lr}
         return [{"params": list(ps.values()), "lr": lrs[g]} for g, ps in self.groups.items()]
 
-    def forward(self, active: list[str], train: str | None, x, t, text) -> torch.Tensor:
-        """UNet prediction with only `active` adapters on and only group `train` receiving gradients."""
+    def forward(self, active: list[str], train: list[str], x, t, text) -> torch.Tensor:
+        """UNet prediction with only `active` adapters on and only the groups in `train` receiving gradients."""
         if self.lora:
             ad.set_active(self.unet, [a for a in active if a in self.lora])
         for group, params in self.groups.items():
             for p in params.values():
-                p.requires_grad_(group == train)
+                p.requires_grad_(group in train)
         return self.base.predict(x, t, text)
 
     def enable_grads(self) -> None:
@@ -273,6 +275,8 @@ class _Step:
         spatial = spatial and not (mode.spatial_skip and float(torch.rand(1, generator=self.gen)) < mode.spatial_skip)
         self.calls += 1
         active = [MOTION, SPATIAL] if spatial else [MOTION]
+        joint = spatial and tune.spatial_pass == "joint"  # the spatial LoRA learns from L_tmp's pass
+        spatial_frame = spatial and not joint
         parts: dict[str, torch.Tensor] = {}
         text_e = None
         if on_app.any() or (self.use_app and tune.temporal_prompt == "enhanced"):
@@ -288,16 +292,16 @@ class _Step:
             app_rows, app_pred = rows, pred
         else:
             if on_motion.any():
-                pred = branches.forward(active, MOTION, zt[on_motion], t[on_motion], text[on_motion])
+                pred = branches.forward(active, active if joint else [MOTION], zt[on_motion], t[on_motion], text[on_motion])
                 parts["tmp"] = self._temporal(pred, y[on_motion], torch.ones(int(on_motion.sum()), dtype=torch.bool))
             if on_app.any():
                 assert text_e is not None  # encoded above whenever a sample is on L_app's range
                 app_rows = on_app
                 app_pred = self._tuned([MOTION], zt[on_app], t[on_app], text_e[on_app], record=True)
-        if spatial:
+        if spatial_frame:
             f = int(torch.randint(0, zt.shape[2], (1,), generator=self.gen))
             one = slice(f, f + 1)
-            pred_f = branches.forward([SPATIAL], SPATIAL, zt[:, :, one], t, text)
+            pred_f = branches.forward([SPATIAL], [SPATIAL], zt[:, :, one], t, text)
             parts["sp"] = losses.denoising(pred_f, y[:, :, one])
         if on_app.any():
             assert text_e is not None
@@ -307,9 +311,9 @@ class _Step:
 
     def _tuned(self, active: list[str], zt, t, text, record: bool) -> torch.Tensor:
         if self.stats is None or not record:
-            return self.branches.forward(active, MOTION, zt, t, text)
+            return self.branches.forward(active, [MOTION], zt, t, text)
         with self.stats.record():
-            return self.branches.forward(active, MOTION, zt, t, text)
+            return self.branches.forward(active, [MOTION], zt, t, text)
 
     def _temporal(self, pred: torch.Tensor, y: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         if self.temporal_loss == "centered":

@@ -96,11 +96,14 @@ def test_spatial_every_runs_the_spatial_pass_on_every_kth_step(bases, clip, mc):
     assert ["sp" in row for row in history] == [True, False, False, True, False, False]
 
 
-@pytest.mark.parametrize("app_loss", ["output", "static", "stats"])
-@pytest.mark.parametrize("temporal_prompt", ["clip", "enhanced"])
-def test_each_term_reaches_only_its_branch(fresh_base, clip, mc, app_loss, temporal_prompt):
+@pytest.mark.parametrize(("app_loss", "temporal_prompt", "spatial_pass"), [
+    *[(app_loss, prompt, "frame") for app_loss in ("output", "static", "stats") for prompt in ("clip", "enhanced")],
+    ("output", "clip", "joint"), ("stats", "clip", "joint"),
+])
+def test_each_term_reaches_only_its_branch(fresh_base, clip, mc, app_loss, temporal_prompt, spatial_pass):
     base = fresh_base("unet3d")
-    tune = with_mode_recipe(mc.tune_cfg(app_loss=app_loss, temporal_prompt=temporal_prompt), MODES["motioncrafter"])
+    tune = with_mode_recipe(mc.tune_cfg(app_loss=app_loss, temporal_prompt=temporal_prompt, spatial_pass=spatial_pass),
+                            MODES["motioncrafter"])
     branches = _Branches(base, MODES["motioncrafter"], AdapterConfig(rank=2, spatial_rank=2), tune)
     step = _Step(base, branches, MODES["motioncrafter"], tune, clip.caption, None, EnhanceConfig(), 0)
     try:
@@ -113,7 +116,8 @@ def test_each_term_reaches_only_its_branch(fresh_base, clip, mc, app_loss, tempo
             x0 = base.encode_frames(clip.frames[None])
             text = base.encode_prompts([clip.caption])
         parts = step(x0, text)
-        assert set(parts) == {"tmp", "sp", "app"}
+        joint = spatial_pass == "joint"  # no pass of its own: L_tmp tunes the spatial LoRA too
+        assert set(parts) == ({"tmp", "app"} if joint else {"tmp", "sp", "app"})
         reached = {}
         for name, term in parts.items():
             for params in branches.groups.values():
@@ -122,7 +126,7 @@ def test_each_term_reaches_only_its_branch(fresh_base, clip, mc, app_loss, tempo
             branches.enable_grads()
             term.backward(retain_graph=True)
             reached[name] = {g for g, ps in branches.groups.items() if any(p.grad is not None and p.grad.abs().sum() > 0 for p in ps.values())}
-        assert reached == {"tmp": {MOTION}, "sp": {SPATIAL}, "app": {MOTION}}
+        assert reached == ({"tmp": {MOTION, SPATIAL}, "app": {MOTION}} if joint else {"tmp": {MOTION}, "sp": {SPATIAL}, "app": {MOTION}})
     finally:
         step.close()
         branches.restore()
@@ -211,6 +215,10 @@ def test_config_checks_the_new_switches():
         TuneConfig(temporal_loss="debias")
     with pytest.raises(ConfigError, match="tune.spatial_every"):
         TuneConfig(spatial_every=0)
+    with pytest.raises(ConfigError, match="tune.spatial_pass"):
+        TuneConfig(spatial_pass="frames")
+    with pytest.raises(ConfigError, match="tune.spatial_pass.*temporal_prompt"):
+        TuneConfig(spatial_pass="joint", temporal_prompt="enhanced")
     with pytest.raises(ConfigError, match="adapter.targets"):
         AdapterConfig(targets="v")
     with pytest.raises(ConfigError, match="render.adapter_schedule"):

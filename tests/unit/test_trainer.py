@@ -286,9 +286,11 @@ def test_gradients_reach_only_their_branch(fresh_base, mc, kind):
         loss.backward()
         return {g: any(p.grad is not None and p.grad.abs().sum() > 0 for p in ps.values()) for g, ps in branches.groups.items()}
 
-    tmp, sp, app = ([MOTION, SPATIAL], MOTION), ([SPATIAL], SPATIAL), ([MOTION], MOTION)
+    tmp, sp, app = ([MOTION, SPATIAL], [MOTION]), ([SPATIAL], [SPATIAL]), ([MOTION], [MOTION])
+    joint = ([MOTION, SPATIAL], [MOTION, SPATIAL])
     try:
         assert grads_after([tmp]) == {MOTION: True, SPATIAL: False}
+        assert grads_after([joint]) == {MOTION: True, SPATIAL: True}
         assert grads_after([sp]) == {MOTION: False, SPATIAL: True}
         assert grads_after([app]) == {MOTION: True, SPATIAL: False}
         assert grads_after([tmp, sp, app]) == {MOTION: True, SPATIAL: True}
