@@ -165,7 +165,7 @@ class TuneConfig:
     appearance_timesteps: list[float] = field(default_factory=lambda: [0.0, 1.0])  # where L_app applies; a step draws t from the union of both
     temporal_loss: str = "auto"  # auto: the mode's own | plain | debiased: plain + MotionDirector's | centered: frame-varying part only
     beta: float = 1.0  # MotionDirector appearance-debiasing weight of the anchor frame
-    spatial_every: int = 1  # the spatial path on every k-th step only
+    spatial_every: int = 1  # the spatial LoRA tuned on every k-th step only (on, frozen, in every temporal pass)
     spatial_pass: str = "frame"  # frame: the spatial LoRA tuned by L_sp on one random frame, a UNet call of its own | joint: by L_tmp in the temporal pass
     num_frames: int = 8  # frames of the clip the adapter learns from
     batch: int = 1  # noise draws of the clip per step and rank

@@ -271,12 +271,16 @@ class _Step:
         zt, y, t = noisy.latents, noisy.target, noisy.timesteps
         on_motion = losses.in_range(t, tune.motion_timesteps, self.num_train)
         on_app = losses.in_range(t, tune.appearance_timesteps, self.num_train) if self.use_app else torch.zeros_like(on_motion)
-        spatial = mode.spatial_path and self.calls % tune.spatial_every == 0
-        spatial = spatial and not (mode.spatial_skip and float(torch.rand(1, generator=self.gen)) < mode.spatial_skip)
+        # MotionDirector masks the spatial LoRA on a share of the steps: off in the temporal pass, not tuned
+        masked = bool(mode.spatial_skip) and float(torch.rand(1, generator=self.gen)) < mode.spatial_skip
+        spatial_on = mode.spatial_path and not masked
+        # `spatial_every` thins only the spatial LoRA's tuning: it stays on (frozen) in every temporal
+        # pass, or the temporal LoRA would take up the clip's look on the steps in between
+        tune_spatial = spatial_on and self.calls % tune.spatial_every == 0
         self.calls += 1
-        active = [MOTION, SPATIAL] if spatial else [MOTION]
-        joint = spatial and tune.spatial_pass == "joint"  # the spatial LoRA learns from L_tmp's pass
-        spatial_frame = spatial and not joint
+        active = [MOTION, SPATIAL] if spatial_on else [MOTION]
+        joint = tune_spatial and tune.spatial_pass == "joint"  # the spatial LoRA learns from L_tmp's pass
+        spatial_frame = tune_spatial and not joint
         parts: dict[str, torch.Tensor] = {}
         text_e = None
         if on_app.any() or (self.use_app and tune.temporal_prompt == "enhanced"):

@@ -91,9 +91,23 @@ def test_warmup_starts_the_learning_rate_at_zero_and_raises_it(bases, clip, mc):
     assert mc.as_bytes(warm.adapter.tensors) != mc.as_bytes(constant.adapter.tensors)
 
 
-def test_spatial_every_runs_the_spatial_pass_on_every_kth_step(bases, clip, mc):
-    history = tune_clip(bases["unet3d"], clip.frames, clip.caption, mc.tune_cfg(steps=6, log_every=1, spatial_every=3)).history
-    assert ["sp" in row for row in history] == [True, False, False, True, False, False]
+@pytest.mark.parametrize("spatial_pass", ["frame", "joint"])
+def test_spatial_every_tunes_the_spatial_lora_on_every_kth_step_and_keeps_it_on(bases, clip, mc, monkeypatch, spatial_pass):
+    passes = []  # (adapters on, groups tuned, frames) of every UNet pass
+    forward = _Branches.forward
+
+    def recording(self, active, train, x, t, text):
+        passes.append((sorted(active), sorted(train), x.shape[2]))
+        return forward(self, active, train, x, t, text)
+
+    monkeypatch.setattr(_Branches, "forward", recording)
+    tune = mc.tune_cfg(steps=4, log_every=1, spatial_every=3, lambda_app=0.0, spatial_pass=spatial_pass)
+    history = tune_clip(bases["unet3d"], clip.frames, clip.caption, tune).history
+    both, frames = sorted([MOTION, SPATIAL]), tune.num_frames
+    temporal, frame = (both, [MOTION], frames), ([SPATIAL], [SPATIAL], 1)
+    tuning_step = [(both, both, frames)] if spatial_pass == "joint" else [temporal, frame]
+    assert passes == tuning_step + [temporal, temporal] + tuning_step  # the spatial LoRA on in every temporal pass
+    assert ["sp" in row for row in history] == [spatial_pass == "frame", False, False, spatial_pass == "frame"]
 
 
 @pytest.mark.parametrize(("app_loss", "temporal_prompt", "spatial_pass"), [
