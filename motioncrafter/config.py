@@ -133,14 +133,15 @@ APP_LOSSES = ("output", "static", "stats")
 @dataclass
 class AdapterConfig:
     kind: str = "lora"  # lora: LoRA on the temporal branch | full: the whole temporal branch
-    rank: int = 8  # LoRA rank of the motion adapter
-    alpha: float = 8.0  # LoRA alpha (scale = alpha / rank)
+    rank: int = 0  # LoRA rank of the motion adapter; 0 = the mode's own (modes.py), chosen on the dev clips
+    alpha: float = 0.0  # LoRA alpha (scale = alpha / rank); 0 = the rank (scale 1)
     spatial_rank: int = 8  # LoRA rank of the spatial path (discarded after tuning)
     targets: str = "all"  # temporal LoRA layers: all (attention, feed-forward, temporal convs) | qkvo | qk (attention only)
 
     def __post_init__(self) -> None:
         _check(self.kind in ("lora", "full"), "adapter.kind", f"{self.kind!r} is not lora or full")
-        _check(self.rank >= 1 and self.spatial_rank >= 1, "adapter.rank", "ranks must be >= 1")
+        _check(self.rank >= 0 and self.spatial_rank >= 1, "adapter.rank", "ranks must be >= 1 (adapter.rank 0: the mode's own)")
+        _check(self.alpha >= 0, "adapter.alpha", f"must be >= 0 (0: the rank), got {self.alpha}")
         _check(self.targets in LORA_TARGETS, "adapter.targets", f"{self.targets!r} is not one of {LORA_TARGETS}")
 
 

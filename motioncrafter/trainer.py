@@ -81,6 +81,7 @@ class _Branches:
     """The trainable groups of one tuning run and how to switch them per forward pass."""
 
     def __init__(self, base: BaseModel, mode: Mode, acfg: AdapterConfig, tcfg: TuneConfig):
+        self.adapter = acfg = with_mode_adapter(acfg, mode)
         unet = base.unet
         self.base = base
         self.unet, self.kind = unet, "full" if mode.trains_unet else acfg.kind
@@ -158,6 +159,12 @@ def with_mode_recipe(tune: TuneConfig, mode: Mode) -> TuneConfig:
     return replace(tune, lr=tune.lr or mode.lr, temporal_loss=temporal_loss)
 
 
+def with_mode_adapter(adapter: AdapterConfig, mode: Mode) -> AdapterConfig:
+    """`adapter` with the mode's LoRA rank where it leaves it to the mode (0), and alpha = rank where unset (0)."""
+    rank = adapter.rank or mode.rank
+    return replace(adapter, rank=rank, alpha=adapter.alpha or float(rank))
+
+
 def _rank_and_world() -> tuple[int, int]:
     if torch.distributed.is_available() and torch.distributed.is_initialized():
         return torch.distributed.get_rank(), torch.distributed.get_world_size()
@@ -231,7 +238,7 @@ def tune_clip(
                     history.append(row)
                     bar.set_postfix({k: f"{v:.4f}" for k, v in row.items() if k != "step"})
                 if step + 1 in snapshot_at and step + 1 < tune.steps:
-                    snapshots[step + 1] = _adapter(branches.export(engine.gather), base, branches, tune, adapter, prompt, subject, frames,
+                    snapshots[step + 1] = _adapter(branches.export(engine.gather), base, branches, tune, prompt, subject, frames,
                                                    time.time() - started, world, steps=step + 1)
             tensors = branches.export(engine.gather)
         finally:
@@ -242,7 +249,7 @@ def tune_clip(
             unet.train(was_training)
 
     seconds = time.time() - started
-    result = _adapter(tensors, base, branches, tune, adapter, prompt, subject, frames, seconds, world, steps=tune.steps)
+    result = _adapter(tensors, base, branches, tune, prompt, subject, frames, seconds, world, steps=tune.steps)
     peak = torch.cuda.max_memory_allocated(base.device) if base.device.type == "cuda" else None
     return TuneResult(result, history, seconds, peak, snapshots)
 
@@ -346,8 +353,8 @@ class _Step:
             self.stats.remove()
 
 
-def _adapter(tensors, base: BaseModel, branches: _Branches, tune: TuneConfig, adapter: AdapterConfig, prompt: str,
-             subject: str | None, frames: np.ndarray, seconds: float, world: int, steps: int) -> ad.Adapter:
+def _adapter(tensors, base: BaseModel, branches: _Branches, tune: TuneConfig, prompt: str, subject: str | None,
+             frames: np.ndarray, seconds: float, world: int, steps: int) -> ad.Adapter:
     meta = AdapterMeta(
         kind=branches.kind,
         format_version=ad.FORMAT_VERSION,
@@ -355,10 +362,10 @@ def _adapter(tensors, base: BaseModel, branches: _Branches, tune: TuneConfig, ad
         family=base.family,
         base_fingerprint=base.fingerprint,
         lora=branches.lora.get(MOTION),
-        rank=adapter.rank if branches.kind == "lora" else None,
+        rank=branches.adapter.rank if branches.kind == "lora" else None,
         targets=sorted(branches.lora[MOTION]["target_modules"]) if MOTION in branches.lora else sorted(tensors),
         tune_config={**asdict(tune), "steps": steps},
-        adapter_config=asdict(adapter),
+        adapter_config=asdict(branches.adapter),
         reference=AdapterReference(prompt=prompt, subject=subject, clip_sha256=clip_hash(frames)),
         train_seconds=round(seconds, 3),
         world_size=world,

@@ -11,6 +11,7 @@ from motioncrafter import adapters as ad
 from motioncrafter import losses
 from motioncrafter.branches import branch_parameters, lora_targets
 from motioncrafter.config import AdapterConfig
+from motioncrafter.modes import MODES
 from motioncrafter.trainer import clip_hash, tune_clip
 
 pytestmark = pytest.mark.filterwarnings(
@@ -63,7 +64,9 @@ def test_each_mode(base, clip, mode, mc):
         assert all(k.endswith((".lora_A.weight", ".lora_B.weight")) for k in adapter.tensors)
         assert not [k for k in adapter.tensors if "_tune_" in k]  # adapter names are not in the keys
         assert adapter.meta["lora"]["target_modules"] == sorted(temporal)
-        assert adapter.meta["lora"]["r"] == AdapterConfig().rank
+        rank = MODES[mode].rank  # adapter.rank 0: the mode's own, alpha = rank
+        assert adapter.meta["lora"]["r"] == adapter.meta["rank"] == adapter.meta["adapter_config"]["rank"] == rank
+        assert adapter.meta["lora"]["lora_alpha"] == adapter.meta["adapter_config"]["alpha"] == rank
         # LoRA B starts at zero: after two steps it has moved
         assert any(k.endswith("lora_B.weight") and t.abs().sum() > 0 for k, t in adapter.tensors.items())
 
@@ -270,7 +273,6 @@ def test_every_group_is_trained(bases, clip, mc, monkeypatch, mode, kind, lambda
 def test_gradients_reach_only_their_branch(fresh_base, mc, kind):
     """L_tmp trains the temporal adapter only (the spatial LoRA is on but frozen in that pass);
     L_sp trains the spatial LoRA only; L_app trains the temporal adapter only."""
-    from motioncrafter.modes import MODES
     from motioncrafter.trainer import MOTION, SPATIAL, _Branches
 
     base = fresh_base("animatediff")
