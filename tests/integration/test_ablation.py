@@ -7,9 +7,9 @@ motion (circle, which the base never saw), captioned without its appearance
 the full table shows with a wide margin. An inert adapter (learning rate ~0: LoRA B
 stays at zero, the adapter is all zeros) is run through the same assertions and
 must fail them, so they cannot pass by accident (measured with the current default:
-motion fidelity 0.82 vs 0.14 for the base and the inert adapter). Appearance is not
-asserted: on this clip it equals the base's (0.67), but on the test clips the default
-recipe (appearance normalization off) loses some (ablation.md).
+motion fidelity 0.85 vs 0.14 for the base and the inert adapter). Appearance is not
+asserted: the default loses some, here (0.50 vs the base's 0.67) as on the test clips
+(ablation.md).
 """
 
 from __future__ import annotations
