@@ -9,8 +9,9 @@ decides which adapters exist and which loss terms are on (see `losses`):
   motiondirector  temporal LoRA + spatial    L_tmp + L_tmp(appearance-debiased) + L_sp
   full_finetune   the whole UNet             L_tmp
 
-`tune.temporal_loss` overrides the mode's form of L_tmp and `tune.lr` its learning
-rate; `tune.spatial_every` runs the spatial path on every k-th step only.
+`tune.temporal_loss` overrides the mode's form of L_tmp, `tune.lr` its learning rate
+and `adapter.rank` its LoRA rank; `tune.spatial_every` tunes the spatial LoRA on every
+k-th step only (it stays on in every temporal pass).
 `tune.spatial_pass` chooses how the spatial path is tuned: `frame` (MotionDirector's
 and the paper's) by L_sp in a pass of its own on one random frame, `joint` by L_tmp
 in the temporal pass itself (one UNet call per step instead of two).
