@@ -1,6 +1,6 @@
 """Sizing arithmetic for real bases: parameter counts of each branch and per-GPU memory of a gang.
 
-    python benchmarks/sizing.py [--rank 8] [--spatial-rank 8] [--out benchmarks/results/sizing.md]
+    python benchmarks/sizing.py [--rank 16] [--spatial-rank 8] [--out benchmarks/results/sizing.md]
 
 The UNets are built from the published configs on the `meta` device (no weights,
 no download, no memory), and the branches are selected by the same code that
@@ -28,6 +28,8 @@ from torch import nn
 
 from motioncrafter import published
 from motioncrafter.branches import branch_parameters, lora_targets
+from motioncrafter.config import AdapterConfig, TuneConfig
+from motioncrafter.modes import MODES
 
 # Text encoder + VAE (frozen; only needed to encode prompts and frames, both cacheable):
 # OpenCLIP ViT-H/14 text tower + SD VAE for ModelScope, CLIP ViT-L/14 text + SD VAE for AnimateDiff.
@@ -100,8 +102,9 @@ def table(counts: dict[str, dict]) -> str:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--rank", type=int, default=8, help="adapter.rank")
-    parser.add_argument("--spatial-rank", type=int, default=8, help="adapter.spatial_rank")
+    # the defaults are the default mode's: its own temporal rank, the configured spatial one
+    parser.add_argument("--rank", type=int, default=MODES[TuneConfig().mode].rank, help="adapter.rank")
+    parser.add_argument("--spatial-rank", type=int, default=AdapterConfig().spatial_rank, help="adapter.spatial_rank")
     parser.add_argument("--out", default="benchmarks/results/sizing.md")
     args = parser.parse_args()
     counts = {f: count(f, args.rank, args.spatial_rank) for f in ("modelscope", "animatediff")}
