@@ -30,6 +30,7 @@ from motioncrafter import published
 from motioncrafter.branches import branch_parameters, lora_targets
 from motioncrafter.config import AdapterConfig, TuneConfig
 from motioncrafter.modes import MODES
+from motioncrafter.trainer import with_mode_adapter
 
 # Text encoder + VAE (frozen; only needed to encode prompts and frames, both cacheable):
 # OpenCLIP ViT-H/14 text tower + SD VAE for ModelScope, CLIP ViT-L/14 text + SD VAE for AnimateDiff.
@@ -102,9 +103,9 @@ def table(counts: dict[str, dict]) -> str:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    # the defaults are the default mode's: its own temporal rank, the configured spatial one
-    parser.add_argument("--rank", type=int, default=MODES[TuneConfig().mode].rank, help="adapter.rank")
-    parser.add_argument("--spatial-rank", type=int, default=AdapterConfig().spatial_rank, help="adapter.spatial_rank")
+    default = with_mode_adapter(AdapterConfig(), MODES[TuneConfig().mode])  # the ranks a default run tunes
+    parser.add_argument("--rank", type=int, default=default.rank, help="adapter.rank")
+    parser.add_argument("--spatial-rank", type=int, default=default.spatial_rank, help="adapter.spatial_rank")
     parser.add_argument("--out", default="benchmarks/results/sizing.md")
     args = parser.parse_args()
     counts = {f: count(f, args.rank, args.spatial_rank) for f in ("modelscope", "animatediff")}
