@@ -103,6 +103,7 @@ class _Branches:
             self.lora[SPATIAL] = ad.inject_lora(unet, SPATIAL, targets, acfg.spatial_rank, acfg.spatial_rank)
             self.groups[SPATIAL] = {n: p for n, p in unet.named_parameters() if f".{SPATIAL}." in n}
         self.original = {n: p.detach().clone() for n, p in self.groups[MOTION].items()} if self.kind == "full" else {}
+        self.layers = ad.tuner_layers(unet) if self.lora else []  # found once: `forward` switches on every pass
 
     def param_groups(self, tcfg: TuneConfig) -> list[dict]:
         lrs = {MOTION: tcfg.lr, SPATIAL: tcfg.spatial_lr}
@@ -110,8 +111,7 @@ class _Branches:
 
     def forward(self, active: list[str], train: list[str], x, t, text) -> torch.Tensor:
         """UNet prediction with only `active` adapters on and only the groups in `train` receiving gradients."""
-        if self.lora:
-            ad.set_active(self.unet, [a for a in active if a in self.lora])
+        ad.switch(self.layers, active)
         for group, params in self.groups.items():
             for p in params.values():
                 p.requires_grad_(group in train)

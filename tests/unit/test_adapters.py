@@ -224,7 +224,7 @@ def test_hot_swap_with_other_rank_reinjects(fresh_base, tuned, family, mc):
     attach(base, a)
     attach(base, small)  # other rank: the layers are rebuilt
     assert ad.lora_names(base.unet) == {"motion"}
-    layer = next(iter(ad._tuner_layers(base.unet)))
+    layer = next(iter(ad.tuner_layers(base.unet)))
     assert layer.r["motion"] == 4
     alone = fresh_base(family)
     attach(alone, small)
@@ -289,7 +289,7 @@ def test_combine_two_adapters(fresh_base, tuned, family, mc):
     assert not torch.allclose(half_a, out_a, atol=1e-5)
 
     # on one LoRA layer the combination is exact: the updates add, each times its weight
-    layer = next(m for m in ad._tuner_layers(base.unet) if isinstance(m.get_base_layer(), torch.nn.Linear))
+    layer = next(m for m in ad.tuner_layers(base.unet) if isinstance(m.get_base_layer(), torch.nn.Linear))
     x = torch.randn(3, layer.get_base_layer().in_features, generator=torch.Generator().manual_seed(0))
     with torch.no_grad():
         set_weights(base, {})
@@ -331,7 +331,7 @@ def test_full_adapter_attach_scale_detach(fresh_base, tuned, family, mode, mc):
     attach(base, adapter, name="f")
     out1 = mc.unet_out(base, inputs)
     assert not torch.allclose(out1, out0, atol=1e-5)
-    assert not ad._tuner_layers(unet)  # no LoRA layers for a full adapter
+    assert not ad.tuner_layers(unet)  # no LoRA layers for a full adapter
     set_weights(base, {"f": 0.0})
     assert torch.equal(mc.unet_out(base, inputs), out0)
     set_weights(base, {"f": 0.5})
@@ -398,3 +398,42 @@ def test_stock_peft_loading_matches_attach(tmp_path, fresh_base, tuned, family, 
     ours = mc.unet_out(base, inputs)
     assert not torch.allclose(stock_out, plain, atol=1e-5)  # the adapter did load
     assert torch.allclose(stock_out, ours, rtol=0, atol=1e-6), (stock_out - ours).abs().max()
+
+
+# ------------------------------------------------------------------ switching adapters per pass
+
+
+def test_switch_sets_each_layer_and_touches_only_the_changed_ones(fresh_base, family, mc, monkeypatch):
+    from peft.tuners.tuners_utils import BaseTunerLayer
+
+    base = fresh_base(family)
+    unet = base.unet
+    inputs = mc.unet_inputs(base)
+    out0 = mc.unet_out(base, inputs)
+    ad.inject_lora(unet, "m", lora_targets(unet, "temporal"), 2, 2)
+    ad.inject_lora(unet, "s", lora_targets(unet, "spatial"), 2, 2)
+    with torch.no_grad():  # LoRA starts as a no-op (B = 0): give both a visible effect
+        for n, p in unet.named_parameters():
+            if ".lora_B." in n:
+                p.normal_(0, 0.5, generator=torch.Generator().manual_seed(len(n)))
+    layers = ad.tuner_layers(unet)
+    holds = {id(layer): set(layer.lora_A) for layer in layers}
+    assert {frozenset(h) for h in holds.values()} == {frozenset({"m"}), frozenset({"s"})}  # disjoint layer sets
+
+    calls = []
+    original = BaseTunerLayer.set_adapter
+    monkeypatch.setattr(BaseTunerLayer, "set_adapter", lambda self, names, **kw: (calls.append(id(self)), original(self, names, **kw)))
+    ad.switch(layers, ["m", "s"])
+    assert all(layer.active_adapters == sorted(holds[id(layer)]) for layer in layers)
+    out_both = mc.unet_out(base, inputs)
+    calls.clear()
+    ad.switch(layers, ["s"])
+    assert sorted(calls) == sorted(id(layer) for layer in layers if "m" in holds[id(layer)])  # only the motion layers
+    assert all(layer.active_adapters == (["s"] if "s" in holds[id(layer)] else []) for layer in layers)
+    out_s = mc.unet_out(base, inputs)
+    calls.clear()
+    ad.switch(layers, ["s"])
+    assert calls == []  # nothing changed, nothing touched
+    ad.switch(layers, [])
+    assert torch.equal(mc.unet_out(base, inputs), out0)
+    assert not torch.allclose(out_s, out0, atol=1e-5) and not torch.allclose(out_both, out_s, atol=1e-5)

@@ -44,7 +44,7 @@ def test_each_mode(base, clip, mode, mc):
 
     # the base is exactly as it was
     mc.assert_same_state(unet, before)
-    assert not ad._tuner_layers(unet), "LoRA layers left in the base"
+    assert not ad.tuner_layers(unet), "LoRA layers left in the base"
     assert not any(p.requires_grad for p in unet.parameters()), "base parameters left trainable"
     assert not unet.training
 
@@ -90,7 +90,7 @@ def test_full_branch_motioncrafter_uses_frozen_copy(base, clip, mc):
     before = mc.snapshot(base.unet)
     result = tune_clip(base, clip.frames, clip.caption, mc.tune_cfg(steps=2, log_every=1), AdapterConfig(kind="full"))
     mc.assert_same_state(base.unet, before)
-    assert not ad._tuner_layers(base.unet)
+    assert not ad.tuner_layers(base.unet)
     adapter = result.adapter
     assert adapter.kind == "full"
     assert set(adapter.tensors) == set(branch_parameters(base.unet, "temporal"))
@@ -153,7 +153,7 @@ def test_bad_input(bases, clip, mc, frames, prompt, tune, match):
     with pytest.raises(ValueError, match=match):
         tune_clip(base, data, prompt, mc.tune_cfg(**tune))
     mc.assert_same_state(base.unet, before)
-    assert not ad._tuner_layers(base.unet)
+    assert not ad.tuner_layers(base.unet)
 
 
 def test_more_frames_are_subsampled(bases, clip, mc):
@@ -197,7 +197,7 @@ def test_failure_mid_tuning_restores_base(bases, clip, mc, monkeypatch):
         with pytest.raises(RuntimeError, match="injected failure"):
             tune_clip(base, clip.frames, clip.caption, mc.tune_cfg(steps=3), acfg)
         mc.assert_same_state(base.unet, before)
-        assert not ad._tuner_layers(base.unet)
+        assert not ad.tuner_layers(base.unet)
         assert not any(p.requires_grad for p in base.unet.parameters())
 
 
