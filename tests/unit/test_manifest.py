@@ -130,6 +130,14 @@ def test_demo_manifest_is_valid() -> None:
     assert all(Path(r.video_uri).exists() and 2 <= len(r.eval_prompts) <= 4 for r in m.rows)
 
 
+def test_demo_config_loads() -> None:
+    from motioncrafter.config import load_config
+
+    cfg = load_config(str(Path(__file__).parents[2] / "manifests" / "demo.toml"), [])
+    assert (cfg.tune.steps, cfg.pipeline.num_gangs, cfg.pipeline.render_concurrency) == (100, 2, 2)
+    assert cfg.tune.mode == Config().tune.mode  # the demo runs the default mode
+
+
 @pytest.mark.parametrize("run_id", ["", "_cache", "../x", "a/b", ".x"])
 def test_run_ids_cannot_escape_the_output(run_id: str) -> None:
     with pytest.raises(ValueError, match="run id"):
