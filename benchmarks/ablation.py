@@ -143,7 +143,7 @@ def run_job(variant: str, split: str, clip_index: int, level: str, args: argpars
     clip = render_clip(ClipSpec(ref.colour, ref.shape, ref.background, ref.motion, ref.offset))
     caption, subject = reference_caption(ref, level)
     budgets = sorted(args.steps)
-    tune = replace(cfg.tune, steps=budgets[-1], seed=setup["tune_seed"], progress=False)
+    tune = replace(cfg.tune, steps=budgets[-1], seed=setup["tune_seed"] if args.tune_seed is None else args.tune_seed, progress=False)
     render_cfg = replace(cfg.render, num_steps=args.render_steps)
     adapters, seconds = {b: None for b in budgets}, 0.0
     if mode != "base":
@@ -165,7 +165,7 @@ def run_job(variant: str, split: str, clip_index: int, level: str, args: argpars
             rows.append({
                 "variant": name, "mode": mode, "split": split, "protocol": "full" if level == "full" else "vague",
                 "caption_level": level, "reference": caption, "clip": clip_index, "motion": ref.motion,
-                "held_out": ref.motion in HELD_OUT_MOTIONS, "prompt": prompt, "seed": seed, "steps": budget,
+                "held_out": ref.motion in HELD_OUT_MOTIONS, "prompt": prompt, "seed": seed, "tune_seed": tune.seed, "steps": budget,
                 "tune_seconds": seconds * budget / budgets[-1], "adapter_bytes": adapter.nbytes() if adapter else 0,
                 "diversity": diversity(same_prompt) if k % len(setup["render_seeds"]) == 0 else float("nan"),
                 **score_video(video, prompt, clip.frames, caption, reference_attributes=truth),
@@ -183,7 +183,7 @@ def summarize(df):
     order = {name: i for i, name in enumerate(dict.fromkeys(df["variant"]))}
     table = []
     for (protocol, variant, steps), d in df.groupby(["protocol", "variant", "steps"], sort=False):
-        per_clip = d.drop_duplicates("clip")
+        per_clip = d.drop_duplicates([c for c in ("clip", "tune_seed") if c in d])  # one tuning run each
         table.append({
             "protocol": protocol, "variant": variant, "steps": int(steps),
             "motion fidelity (held-out)": d.loc[d["held_out"], "motion_fidelity"].mean(),
@@ -243,6 +243,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--prompts", type=int, default=4)
     p.add_argument("--steps", type=int, nargs="+", default=[100, 200, 400], help="tuning budgets (one run, snapshots)")
     p.add_argument("--render-steps", type=int, default=25)
+    p.add_argument("--tune-seed", type=int, default=None,
+                   help="the tuning seed of every job (default: the split's own); another draw of the same table")
     p.add_argument("--variant", action="append", dest="variants",
                    help="NAME=MODE[;section.key=value...], repeatable; default: base and every mode at config defaults")
     p.add_argument("--procs", type=int, default=2, help="worker processes")
@@ -316,12 +318,14 @@ def main(argv=None) -> None:
         [f"--split {args.split}", "--protocols " + " ".join(args.protocols), "--steps " + " ".join(map(str, args.steps)),
          f"--prompts {args.prompts}", f"--render-steps {args.render_steps}", f"--procs {args.procs} --threads {args.threads}"]
         + ([f"--clips {args.clips}"] if args.clips else []) + [f"--clip {c}" for c in args.clip_ids or []]
+        + ([f"--tune-seed {args.tune_seed}"] if args.tune_seed is not None else [])
         + ([] if args.variants == ["base", *MODES] else [f"--variant '{v}'" for v in args.variants]))
     text = "\n".join([
         f"# Ablation on MovingShapes ({args.split} clips)", "",
         f"{len(selected_clips(args))} reference clips x {args.prompts} evaluation prompts x "
         f"{len(SPLITS[args.split]['render_seeds'])} seeds, budgets {args.steps} tuning steps, DDIM {args.render_steps} "
-        f"steps, guidance 4. Wall time {wall / 60:.1f} min on this machine ({args.procs} processes x {args.threads} threads).",
+        f"steps, guidance 4, tuning seed {SPLITS[args.split]['tune_seed'] if args.tune_seed is None else args.tune_seed}. "
+        f"Wall time {wall / 60:.1f} min on this machine ({args.procs} processes x {args.threads} threads).",
         f"Base: fingerprint `{fingerprint_folder(args.base)}`. Command: `{command}`", "",
         "Variants: " + "; ".join(f"`{v}`" for v in args.variants) + " (a bare mode name = that mode at the defaults of "
         "`motioncrafter/config.py`).", "",

@@ -33,3 +33,18 @@ def test_combined_table_takes_named_variants_renamed_from_each_file(tmp_path: Pa
                                                              "motioncrafter": "new.parquet"}
     with pytest.raises(SystemExit, match="no rows of"):
         ablation.combine([f"{old}:nonesuch"])
+
+
+def test_two_tuning_draws_pool_into_one_row_and_each_run_counts_once_for_time(tmp_path: Path) -> None:
+    first, second = tmp_path / "seed1.parquet", tmp_path / "seed2.parquet"
+    pd.DataFrame([{**r, "tune_seed": 1} for r in rows("motioncrafter", 0.4, 10.0) * 3]).to_parquet(first)  # 3 prompts each
+    pd.DataFrame([{**r, "tune_seed": 2} for r in rows("motioncrafter", 0.6, 30.0) * 3]).to_parquet(second)
+    _, table = ablation.combine([str(first), str(second)])
+    got = table.set_index("variant").loc["motioncrafter"]
+    assert got["motion fidelity (all)"] == pytest.approx(0.55)  # both draws' rows
+    assert got["s / clip"] == pytest.approx(20.0)  # 2 clips x 2 draws, one tuning run each
+
+
+def test_tune_seed_option_defaults_to_the_splits_own() -> None:
+    assert ablation.parse_args([]).tune_seed is None
+    assert ablation.parse_args(["--tune-seed", "2"]).tune_seed == 2
