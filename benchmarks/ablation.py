@@ -3,6 +3,8 @@
     python benchmarks/ablation.py                                  # the committed table: test clips, both protocols
     python benchmarks/ablation.py --split dev --protocols vague \\
         --variant 'mc_static=motioncrafter;tune.app_loss=static'   # a sweep on the dev clips
+    python benchmarks/ablation.py --protocols vague --tune-seed 2 \\
+        --variant motioncrafter --variant temporal_only          # another tuning draw of the test table
 
 Protocols (how the reference clip is captioned when tuning):
   full   "a red circle moves in a zigzag on a black background": the caption explains
