@@ -145,7 +145,7 @@ def run_job(variant: str, split: str, clip_index: int, level: str, args: argpars
     clip = render_clip(ClipSpec(ref.colour, ref.shape, ref.background, ref.motion, ref.offset))
     caption, subject = reference_caption(ref, level)
     budgets = sorted(args.steps)
-    tune = replace(cfg.tune, steps=budgets[-1], seed=setup["tune_seed"] if args.tune_seed is None else args.tune_seed, progress=False)
+    tune = replace(cfg.tune, steps=budgets[-1], seed=tune_seed(args), progress=False)
     render_cfg = replace(cfg.render, num_steps=args.render_steps)
     adapters, seconds = {b: None for b in budgets}, 0.0
     if mode != "base":
@@ -260,6 +260,11 @@ def parse_args(argv=None) -> argparse.Namespace:
     return args
 
 
+def tune_seed(args: argparse.Namespace) -> int:
+    """Every job's tuning seed: `--tune-seed`, else the split's own."""
+    return SPLITS[args.split]["tune_seed"] if args.tune_seed is None else args.tune_seed
+
+
 def selected_clips(args: argparse.Namespace) -> list[int]:
     return list(args.clip_ids or range(len(SPLITS[args.split]["clips"]))[: args.clips or None])
 
@@ -326,7 +331,7 @@ def main(argv=None) -> None:
         f"# Ablation on MovingShapes ({args.split} clips)", "",
         f"{len(selected_clips(args))} reference clips x {args.prompts} evaluation prompts x "
         f"{len(SPLITS[args.split]['render_seeds'])} seeds, budgets {args.steps} tuning steps, DDIM {args.render_steps} "
-        f"steps, guidance 4, tuning seed {SPLITS[args.split]['tune_seed'] if args.tune_seed is None else args.tune_seed}. "
+        f"steps, guidance 4, tuning seed {tune_seed(args)}. "
         f"Wall time {wall / 60:.1f} min on this machine ({args.procs} processes x {args.threads} threads).",
         f"Base: fingerprint `{fingerprint_folder(args.base)}`. Command: `{command}`", "",
         "Variants: " + "; ".join(f"`{v}`" for v in args.variants) + " (a bare mode name = that mode at the defaults of "

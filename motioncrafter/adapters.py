@@ -144,12 +144,9 @@ def switch(layers: list, names: list[str]) -> None:
             layer.set_adapter(wanted)
 
 
-def lora_names(unet: nn.Module) -> set[str]:
-    """Names of the LoRA adapters injected into `unet`."""
-    names: set[str] = set()
-    for layer in tuner_layers(unet):
-        names |= set(getattr(layer, "lora_A", {}).keys())
-    return names
+def lora_names(unet: nn.Module, layers: list | None = None) -> set[str]:
+    """Names of the LoRA adapters injected into `unet` (`layers`: its `tuner_layers`, when found already)."""
+    return {name for layer in (tuner_layers(unet) if layers is None else layers) for name in getattr(layer, "lora_A", {})}
 
 
 def inject_lora(unet: nn.Module, name: str, targets: list[str], rank: int, alpha: float) -> dict:
@@ -166,13 +163,13 @@ def inject_lora(unet: nn.Module, name: str, targets: list[str], rank: int, alpha
     return config
 
 
-def set_active(unet: nn.Module, names: list[str], trainable: tuple[str, ...] = ()) -> None:
+def set_active(unet: nn.Module, names: list[str], trainable: tuple[str, ...] = (), layers: list | None = None) -> None:
     """Make `names` the active LoRA adapters (an empty list = the plain base model).
 
     Gradients are then set explicitly: only the adapters in `trainable` receive them
-    from the next forward.
+    from the next forward. `layers`: the model's `tuner_layers`, when found already.
     """
-    layers = tuner_layers(unet)
+    layers = tuner_layers(unet) if layers is None else layers
     switch(layers, names)
     for layer in layers:
         for adapter_name, module in getattr(layer, "lora_A", {}).items():
@@ -294,15 +291,17 @@ def set_weights(base, weights: dict[str, float]) -> None:
     Several at once combine: their low-rank updates add, each times its weight.
     """
     unet = base.unet
-    unknown = set(weights) - lora_names(unet) - set(getattr(unet, "_mc_full", {}))
+    layers = tuner_layers(unet)  # walked once: a render-time adapter schedule sets weights on every denoising step
+    attached, full = lora_names(unet, layers), set(getattr(unet, "_mc_full", {}))
+    unknown = set(weights) - attached - full
     if unknown:
-        raise AdapterError(f"unknown adapters {sorted(unknown)}; attached: {sorted(lora_names(unet))}")
+        raise AdapterError(f"unknown adapters {sorted(unknown)}; attached: {sorted(attached)}")
     for name, weight in weights.items():
-        if name in getattr(unet, "_mc_full", {}):
+        if name in full:
             _scale_full(unet, name, weight)
-    lora = [n for n in weights if n in lora_names(unet)]
-    set_active(unet, lora)
-    for layer in tuner_layers(unet):
+    lora = [n for n in weights if n in attached]
+    set_active(unet, lora, layers=layers)
+    for layer in layers:
         for name in lora:
             layer.set_scale(name, weights[name])
     unet._mc_weights = dict(weights)

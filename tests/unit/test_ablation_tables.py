@@ -48,3 +48,5 @@ def test_two_tuning_draws_pool_into_one_row_and_each_run_counts_once_for_time(tm
 def test_tune_seed_option_defaults_to_the_splits_own() -> None:
     assert ablation.parse_args([]).tune_seed is None
     assert ablation.parse_args(["--tune-seed", "2"]).tune_seed == 2
+    assert ablation.tune_seed(ablation.parse_args([])) == ablation.SPLITS["test"]["tune_seed"]
+    assert ablation.tune_seed(ablation.parse_args(["--split", "dev", "--tune-seed", "2"])) == 2
