@@ -133,15 +133,21 @@ def tuner_layers(unet: nn.Module) -> list:
 def switch(layers: list, names: list[str]) -> None:
     """Make `names` the active LoRA adapters of `layers`, each layer the ones it holds.
 
-    Only the layers whose active set changes are touched: a tuning step switches adapters
-    on every UNet pass, and re-setting every layer of a freshly walked model took a sixth
-    of a step's time on the tiny base. peft's set_adapter also turns requires_grad on for
-    what it activates; callers set gradients explicitly afterwards.
+    Only the layers whose active set changes are touched, and only their active set: a
+    tuning step switches adapters on every UNet pass. Gradients are left as they are, for
+    the callers to set (peft's `set_adapter` also walks every LoRA module of the layer to
+    turn requires_grad on for what it activates: with the walk over a freshly found model,
+    a sixth of a step's time on the tiny base).
     """
     for layer in layers:
         wanted = [n for n in names if n in getattr(layer, "lora_A", {})]
         if list(layer.active_adapters) != wanted:
-            layer.set_adapter(wanted)
+            _activate(layer, wanted)
+
+
+def _activate(layer, names: list[str]) -> None:
+    """peft's `BaseTunerLayer.set_adapter(names)` less its requires_grad changes."""
+    layer._active_adapter = names
 
 
 def lora_names(unet: nn.Module, layers: list | None = None) -> set[str]:
@@ -182,19 +188,17 @@ def lora_parameters(unet: nn.Module, name: str) -> list[nn.Parameter]:
 
 
 @contextmanager
-def base_only(unet: nn.Module):
-    """Run the frozen base: every adapter off, then the previous active set restored."""
-    layers = tuner_layers(unet)
+def base_only(unet: nn.Module, layers: list | None = None):
+    """Run the frozen base: every adapter off, then the previous active set restored.
+    `layers`: the model's `tuner_layers`, when found already."""
+    layers = tuner_layers(unet) if layers is None else layers
     previous = [list(layer.active_adapters) for layer in layers]
-    grads = {n: p.requires_grad for n, p in unet.named_parameters()}
     try:
         switch(layers, [])
         yield
     finally:
         for layer, names in zip(layers, previous):
-            layer.set_adapter(names)
-        for n, p in unet.named_parameters():
-            p.requires_grad_(grads[n])
+            _activate(layer, names)
 
 
 def lora_state_dict(unet: nn.Module, name: str) -> dict[str, torch.Tensor]:

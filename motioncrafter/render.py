@@ -19,7 +19,7 @@ import numpy as np
 import torch
 
 from motioncrafter import adapters as ad
-from motioncrafter.base import BaseModel
+from motioncrafter.base import BaseModel, dtype_read_once
 from motioncrafter.config import RenderConfig
 from motioncrafter.progress import progress
 
@@ -61,17 +61,18 @@ def denoise(base: BaseModel, prompts: list[str], noise: torch.Tensor, cfg: Rende
     weights = ad.active_weights(base) if cfg.adapter_schedule else {}
     steps = scheduler.timesteps
     try:
-        for i, t in enumerate(progress(steps, desc="denoise", disable=not cfg.progress, leave=False)):
-            if weights:
-                factor = schedule_scale(cfg.adapter_schedule, i / len(steps))
-                ad.set_weights(base, {name: w * factor for name, w in weights.items()})
-            model_in = torch.cat([latents] * 2) if guided else latents
-            model_in = scheduler.scale_model_input(model_in, t)
-            pred = base.predict(model_in, t, text)
-            if guided:
-                uncond, cond = pred.chunk(2)
-                pred = uncond + cfg.guidance_scale * (cond - uncond)
-            latents = scheduler.step(pred, t, latents).prev_sample
+        with dtype_read_once(base.unet):
+            for i, t in enumerate(progress(steps, desc="denoise", disable=not cfg.progress, leave=False)):
+                if weights:
+                    factor = schedule_scale(cfg.adapter_schedule, i / len(steps))
+                    ad.set_weights(base, {name: w * factor for name, w in weights.items()})
+                model_in = torch.cat([latents] * 2) if guided else latents
+                model_in = scheduler.scale_model_input(model_in, t)
+                pred = base.predict(model_in, t, text)
+                if guided:
+                    uncond, cond = pred.chunk(2)
+                    pred = uncond + cfg.guidance_scale * (cond - uncond)
+                latents = scheduler.step(pred, t, latents).prev_sample
     finally:
         if weights:
             ad.set_weights(base, weights)

@@ -43,7 +43,7 @@ import torch
 
 from motioncrafter import adapters as ad
 from motioncrafter import losses
-from motioncrafter.base import BaseModel, set_gradient_checkpointing
+from motioncrafter.base import BaseModel, dtype_read_once, set_gradient_checkpointing
 from motioncrafter.branches import branch_parameters, lora_targets
 from motioncrafter.config import AdapterConfig, EnhanceConfig, TuneConfig
 from motioncrafter.engines import make_engine
@@ -132,7 +132,7 @@ class _Branches:
     def base_forward(self, x, t, text) -> torch.Tensor:
         if self.frozen_copy is not None:
             return self.base.predict(x, t, text, unet=self.frozen_copy)
-        with ad.base_only(self.unet):
+        with ad.base_only(self.unet, self.layers):
             return self.base.predict(x, t, text)
 
     def export(self, gather) -> dict[str, torch.Tensor]:
@@ -228,19 +228,20 @@ def tune_clip(
         try:
             unet.train()
             set_gradient_checkpointing(unet, tune.gradient_checkpointing)
-            for step in bar:
-                parts = step_fn(x0, text)
-                loss = sum(v * (tune.lambda_app if k == "app" else 1.0) for k, v in parts.items())
-                branches.enable_grads()
-                engine.backward(loss)
-                engine.step()
-                if step % tune.log_every == 0 or step == tune.steps - 1:
-                    row = {"step": step, "loss": loss.item(), **{k: v.item() for k, v in parts.items()}}
-                    history.append(row)
-                    bar.set_postfix({k: f"{v:.4f}" for k, v in row.items() if k != "step"})
-                if step + 1 in snapshot_at and step + 1 < tune.steps:
-                    snapshots[step + 1] = _adapter(branches.export(engine.gather), base, branches, tune, prompt, subject, frames,
-                                                   time.time() - started, world, steps=step + 1)
+            with dtype_read_once(unet):  # the engine has cast what it trains: no dtype moves from here
+                for step in bar:
+                    parts = step_fn(x0, text)
+                    loss = sum(v * (tune.lambda_app if k == "app" else 1.0) for k, v in parts.items())
+                    branches.enable_grads()
+                    engine.backward(loss)
+                    engine.step()
+                    if step % tune.log_every == 0 or step == tune.steps - 1:
+                        row = {"step": step, "loss": loss.item(), **{k: v.item() for k, v in parts.items()}}
+                        history.append(row)
+                        bar.set_postfix({k: f"{v:.4f}" for k, v in row.items() if k != "step"})
+                    if step + 1 in snapshot_at and step + 1 < tune.steps:
+                        snapshots[step + 1] = _adapter(branches.export(engine.gather), base, branches, tune, prompt, subject, frames,
+                                                       time.time() - started, world, steps=step + 1)
             tensors = branches.export(engine.gather)
         finally:
             step_fn.close()

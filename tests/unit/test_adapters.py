@@ -404,8 +404,6 @@ def test_stock_peft_loading_matches_attach(tmp_path, fresh_base, tuned, family, 
 
 
 def test_switch_sets_each_layer_and_touches_only_the_changed_ones(fresh_base, family, mc, monkeypatch):
-    from peft.tuners.tuners_utils import BaseTunerLayer
-
     base = fresh_base(family)
     unet = base.unet
     inputs = mc.unet_inputs(base)
@@ -421,8 +419,9 @@ def test_switch_sets_each_layer_and_touches_only_the_changed_ones(fresh_base, fa
     assert {frozenset(h) for h in holds.values()} == {frozenset({"m"}), frozenset({"s"})}  # disjoint layer sets
 
     calls = []
-    original = BaseTunerLayer.set_adapter
-    monkeypatch.setattr(BaseTunerLayer, "set_adapter", lambda self, names, **kw: (calls.append(id(self)), original(self, names, **kw)))
+    original = ad._activate
+    monkeypatch.setattr(ad, "_activate", lambda layer, names: (calls.append(id(layer)), original(layer, names)))
+    grads = {n: p.requires_grad for n, p in unet.named_parameters()}
     ad.switch(layers, ["m", "s"])
     assert all(layer.active_adapters == sorted(holds[id(layer)]) for layer in layers)
     out_both = mc.unet_out(base, inputs)
@@ -436,4 +435,5 @@ def test_switch_sets_each_layer_and_touches_only_the_changed_ones(fresh_base, fa
     assert calls == []  # nothing changed, nothing touched
     ad.switch(layers, [])
     assert torch.equal(mc.unet_out(base, inputs), out0)
+    assert {n: p.requires_grad for n, p in unet.named_parameters()} == grads  # gradients are the callers' to set
     assert not torch.allclose(out_s, out0, atol=1e-5) and not torch.allclose(out_both, out_s, atol=1e-5)

@@ -83,3 +83,25 @@ def test_sdpa_is_the_attention_that_runs(bases, family, mc, monkeypatch):
     mc.unet_out(base, inputs)
     assert n > 0 and len(calls) == n
 
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_dtype_read_once_remembers_the_dtype_and_changes_no_output(fresh_base, family, mc, monkeypatch, dtype):
+    import diffusers.models.modeling_utils as modeling_utils
+
+    from motioncrafter.base import dtype_read_once
+
+    base = fresh_base(family).to("cpu", dtype)
+    unet, cls = base.unet, type(base.unet)
+    inputs = mc.unet_inputs(base)
+    with torch.no_grad():
+        plain = mc.unet_out(base, inputs)
+    reads = []
+    real = modeling_utils.get_parameter_dtype
+    monkeypatch.setattr(modeling_utils, "get_parameter_dtype", lambda m: reads.append(1) or real(m))
+    with dtype_read_once(unet), torch.no_grad():
+        assert len(reads) == 1 and unet.dtype == dtype and isinstance(unet, cls)
+        outs = [mc.unet_out(base, inputs) for _ in range(2)]
+    assert len(reads) == 1  # the UNet's forward read it twice without a walk
+    assert all(torch.equal(out, plain) for out in outs)
+    assert type(unet) is cls and unet.dtype == dtype and len(reads) == 2  # the class and its walking property again
