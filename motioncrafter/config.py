@@ -165,7 +165,7 @@ class TuneConfig:
     motion_timesteps: list[float] = field(default_factory=lambda: [0.0, 1.0])  # [start, end) share of the training schedule where L_tmp applies (1 = most noise)
     appearance_timesteps: list[float] = field(default_factory=lambda: [0.0, 1.0])  # where L_app applies; a step draws t from the union of both
     temporal_loss: str = "auto"  # auto: the mode's own | plain | debiased: plain + MotionDirector's | centered: frame-varying part only
-    beta: float = 1.0  # MotionDirector appearance-debiasing weight of the anchor frame
+    beta: float = 1.0  # MotionDirector appearance-debiasing weight of the anchor frame; 0.5 traded motion for appearance and less leakage on two dev draws
     spatial_every: int = 1  # the spatial LoRA tuned on every k-th step only (on, frozen, in every temporal pass)
     spatial_pass: str = "frame"  # frame: the spatial LoRA tuned by L_sp on one random frame, a UNet call of its own | joint: by L_tmp in the temporal pass
     num_frames: int = 8  # frames of the clip the adapter learns from
