@@ -84,7 +84,6 @@ def test_sdpa_is_the_attention_that_runs(bases, family, mc, monkeypatch):
     assert n > 0 and len(calls) == n
 
 
-
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 def test_dtype_read_once_remembers_the_dtype_and_changes_no_output(fresh_base, family, mc, monkeypatch, dtype):
     import diffusers.models.modeling_utils as modeling_utils
