@@ -22,6 +22,9 @@ does not have to); it is thrown away after tuning. For L_app the frozen base is
 the same UNet with its adapters switched off (LoRA), or a frozen copy of the
 UNet when the temporal branch is tuned in full.
 
+`tune.augment` shows each step the clip in one of its colour views (`colour_views`):
+the same motion in other colours, so the look is not there to learn.
+
 Timestep-layered tuning: each term applies on its own range of the training
 schedule (`tune.motion_timesteps`, `tune.appearance_timesteps`); a step draws its
 timestep from the union, so with disjoint ranges a step pays for one term only.
@@ -34,6 +37,7 @@ from __future__ import annotations
 
 import copy
 import hashlib
+import itertools
 import random
 import time
 from dataclasses import asdict, dataclass, field, replace
@@ -45,7 +49,7 @@ from motioncrafter import adapters as ad
 from motioncrafter import losses
 from motioncrafter.base import BaseModel, dtype_read_once, set_gradient_checkpointing
 from motioncrafter.branches import branch_parameters, lora_targets
-from motioncrafter.config import AdapterConfig, EnhanceConfig, TuneConfig
+from motioncrafter.config import AUGMENTS, AdapterConfig, EnhanceConfig, TuneConfig
 from motioncrafter.engines import make_engine
 from motioncrafter.modes import MODES, Mode
 from motioncrafter.progress import progress
@@ -76,6 +80,25 @@ def _frame_indices(frames: np.ndarray, num_frames: int) -> np.ndarray:
     if len(frames) < num_frames:
         raise ValueError(f"the clip has {len(frames)} frames; tuning needs at least {num_frames} (tune.num_frames)")
     return np.linspace(0, len(frames) - 1, num_frames).round().astype(int)
+
+
+def colour_views(frames: np.ndarray, augment: str) -> np.ndarray:
+    """The clip (T, H, W, 3) in other colours, the original first: (V, T, H, W, 3).
+
+    `channels`: its 6 RGB channel orders (hue moves, grays stay); `colour`: those and
+    their negatives (255 - x: dark and light swap, so backgrounds move too). Every view
+    has the clip's exact motion and none of its colours for certain, so an adapter tuned
+    on them can take up the motion but not the look (the appearance the prompt leaves out
+    is what an adapter otherwise memorizes).
+    """
+    if augment not in AUGMENTS:
+        raise ValueError(f"unknown augmentation {augment!r}; expected one of {AUGMENTS}")
+    if augment == "none":
+        return frames[None]
+    views = [frames[..., list(order)] for order in itertools.permutations(range(3))]
+    if augment == "colour":
+        views += [255 - v for v in views]
+    return np.stack(views)
 
 
 class _Branches:
@@ -186,7 +209,8 @@ def tune_clip(
     """Learn the motion of `frames` (uint8 (T, H, W, 3)) captioned `prompt`; returns the motion adapter.
 
     `latents`: the clip's latents (C, T, h, w) as `base.encode_frames` gives them (the
-    pipeline caches them at ingest); with them the VAE does not run again here.
+    pipeline caches them at ingest); with them the VAE does not run again here, unless
+    `tune.augment` asks for the clip in other colours (`colour_views`), which it encodes.
 
     `snapshot_at`: step counts after which a copy of the adapter is kept too
     (`TuneResult.snapshots`); the learning rate is constant after its warm-up, so the
@@ -212,8 +236,11 @@ def tune_clip(
     unet = base.unet
     was_training = unet.training
     with torch.no_grad():
-        x0 = base.encode_frames(frames[None]) if latents is None else torch.as_tensor(latents, device=base.device)[None, :, idx]
-        x0 = x0.float().repeat(tune.batch, 1, 1, 1, 1)  # noise, targets and losses in float32 whatever the base
+        if tune.augment != "none":  # every colour view, encoded once; each step draws one per sample
+            x0 = base.encode_frames(colour_views(frames, tune.augment)).float()
+        else:
+            x0 = base.encode_frames(frames[None]) if latents is None else torch.as_tensor(latents, device=base.device)[None, :, idx]
+            x0 = x0.float().repeat(tune.batch, 1, 1, 1, 1)  # noise, targets and losses in float32 whatever the base
         text = base.encode_prompts([prompt]).repeat(tune.batch, 1, 1)
     # peft initialises LoRA and UNet3D draws dropout from the global RNG: seeded here for
     # determinism, and the caller's RNG state is restored afterwards
@@ -276,6 +303,8 @@ class _Step:
 
     def __call__(self, x0: torch.Tensor, text: torch.Tensor) -> dict[str, torch.Tensor]:
         tune, mode, branches = self.tune, self.mode, self.branches
+        if tune.augment != "none":  # x0 holds the clip's colour views: one per sample
+            x0 = x0[torch.randint(0, len(x0), (len(text),), generator=self.gen)]
         noisy = losses.add_noise(self.base.noise_scheduler, x0, self.gen, self.ranges)
         zt, y, t = noisy.latents, noisy.target, noisy.timesteps
         on_motion = losses.in_range(t, tune.motion_timesteps, self.num_train)

@@ -12,7 +12,7 @@ from motioncrafter import losses
 from motioncrafter.branches import branch_parameters, lora_targets
 from motioncrafter.config import AdapterConfig
 from motioncrafter.modes import MODES
-from motioncrafter.trainer import clip_hash, tune_clip
+from motioncrafter.trainer import clip_hash, colour_views, tune_clip
 
 pytestmark = pytest.mark.filterwarnings(
     "ignore:Already found a `peft_config` attribute",
@@ -177,6 +177,56 @@ def test_cached_latents_give_the_same_adapter(bases, clip, mc):
     for key, value in own.adapter.tensors.items():
         torch.testing.assert_close(cached.adapter.tensors[key], value, rtol=1e-4, atol=1e-5)
     assert own.adapter.meta["reference"] == cached.adapter.meta["reference"]
+
+
+def _moving_pixels(video: np.ndarray) -> np.ndarray:
+    """Where each frame differs from the one before: (T - 1, H, W) booleans."""
+    return (np.diff(video.astype(np.int16), axis=0) != 0).any(-1)
+
+
+def test_colour_views_keep_the_motion_and_change_the_colours(clip):
+    frames = clip.frames  # a red circle on a black background
+    assert colour_views(frames, "none").shape == (1, *frames.shape)
+    channels, colour = colour_views(frames, "channels"), colour_views(frames, "colour")
+    assert channels.shape == (6, *frames.shape) and colour.shape == (12, *frames.shape)
+    np.testing.assert_array_equal(colour[0], frames)  # the original comes first
+    np.testing.assert_array_equal(colour[:6], channels)
+    # red's two equal channels give 3 distinct orders (red, green, blue), twice over with the negatives
+    assert len({v.tobytes() for v in colour}) == 6
+    # every view moves exactly the pixels the clip moves, frame to frame
+    for view in colour:
+        np.testing.assert_array_equal(_moving_pixels(view), _moving_pixels(frames))
+    # the object's colour moves in the channel views; the background only in the negatives
+    y, x = np.argwhere((frames[0] == (230, 30, 30)).all(-1))[0]  # a pixel of the red circle at frame 0
+    assert len({tuple(v[0, y, x]) for v in channels}) == 3
+    assert len({tuple(v[0, 0, 0]) for v in channels}) == 1  # a gray stays gray
+    corner = {tuple(v[0, 0, 0]) for v in colour}
+    assert tuple(frames[0, 0, 0]) in corner and tuple(255 - frames[0, 0, 0]) in corner
+    with pytest.raises(ValueError, match="unknown augmentation 'hue'"):
+        colour_views(frames, "hue")
+
+
+def test_augment_draws_a_colour_view_per_step(bases, clip, mc, monkeypatch):
+    """With tune.augment each step's clean latents are one of the clip's encoded colour views, not always the same."""
+    base = bases["unet3d"]
+    with torch.no_grad():
+        views = base.encode_frames(colour_views(clip.frames, "colour")).float()
+    seen = []
+    real = losses.add_noise
+
+    def spy(scheduler, x0, *args, **kwargs):
+        seen.append(x0.clone())
+        return real(scheduler, x0, *args, **kwargs)
+
+    monkeypatch.setattr(losses, "add_noise", spy)
+    cfg = mc.tune_cfg(mode="temporal_only", steps=8, augment="colour")
+    augmented = tune_clip(base, clip.frames, clip.caption, cfg)
+    matches = [(views - x0).abs().flatten(1).amax(1) < 1e-5 for x0 in seen]  # which views each step's latents are
+    assert len(matches) == 8 and all(m.any() for m in matches)
+    assert len({tuple(m.tolist()) for m in matches}) > 2  # several distinct views over the steps
+    plain = tune_clip(base, clip.frames, clip.caption, mc.tune_cfg(mode="temporal_only", steps=8))
+    assert augmented.adapter.meta["tune_config"]["augment"] == "colour"
+    assert any(not torch.equal(plain.adapter.tensors[k], v) for k, v in augmented.adapter.tensors.items())
 
 
 def test_failure_mid_tuning_restores_base(bases, clip, mc, monkeypatch):
