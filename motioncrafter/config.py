@@ -170,7 +170,8 @@ class TuneConfig:
     spatial_every: int = 1  # the spatial LoRA tuned on every k-th step only (on, frozen, in every temporal pass)
     spatial_pass: str = "frame"  # frame: the spatial LoRA tuned by L_sp on one random frame, a UNet call of its own | joint: by L_tmp in the temporal pass
     num_frames: int = 8  # frames of the clip the adapter learns from
-    augment: str = "none"  # none | channels: each step sees the clip in one of its 6 RGB channel orders | colour: those and their negatives (12)
+    augment: str = "none"  # none | channels: a step sees the clip in one of its 6 RGB channel orders | colour: those and their negatives (12)
+    augment_share: float = 1.0  # share of the samples drawn from the colour views (the original among them); the rest see the clip as it is
     batch: int = 1  # noise draws of the clip per step and rank
     gradient_checkpointing: bool = False  # recompute UNet block activations in backward: less memory, more time
     grad_clip: float = 1.0  # max gradient norm; 0 disables clipping
@@ -199,6 +200,7 @@ class TuneConfig:
         _check_range(self.appearance_timesteps, "tune.appearance_timesteps")
         _check(self.lr >= 0 and self.spatial_lr > 0, "tune.lr", "learning rates must be > 0 (tune.lr 0: the mode's own)")
         _check(self.augment in AUGMENTS, "tune.augment", f"{self.augment!r} is not one of {AUGMENTS}")
+        _check(0 < self.augment_share <= 1, "tune.augment_share", f"must be in (0, 1], got {self.augment_share}")
         _check(self.num_frames >= 2, "tune.num_frames", f"a motion needs >= 2 frames, got {self.num_frames}")
         _check(self.batch >= 1, "tune.batch", f"must be >= 1, got {self.batch}")
         _check(self.engine in ("torch", "deepspeed"), "tune.engine", f"{self.engine!r} is not torch or deepspeed")

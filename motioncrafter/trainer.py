@@ -303,8 +303,11 @@ class _Step:
 
     def __call__(self, x0: torch.Tensor, text: torch.Tensor) -> dict[str, torch.Tensor]:
         tune, mode, branches = self.tune, self.mode, self.branches
-        if tune.augment != "none":  # x0 holds the clip's colour views: one per sample
-            x0 = x0[torch.randint(0, len(x0), (len(text),), generator=self.gen)]
+        if tune.augment != "none":  # x0 holds the clip's colour views, the original first: one per sample
+            pick = torch.randint(0, len(x0), (len(text),), generator=self.gen)
+            if tune.augment_share < 1:
+                pick[torch.rand(len(text), generator=self.gen) >= tune.augment_share] = 0
+            x0 = x0[pick]
         noisy = losses.add_noise(self.base.noise_scheduler, x0, self.gen, self.ranges)
         zt, y, t = noisy.latents, noisy.target, noisy.timesteps
         on_motion = losses.in_range(t, tune.motion_timesteps, self.num_train)
