@@ -224,6 +224,11 @@ def test_augment_draws_a_colour_view_per_step(bases, clip, mc, monkeypatch):
     matches = [(views - x0).abs().flatten(1).amax(1) < 1e-5 for x0 in seen]  # which views each step's latents are
     assert len(matches) == 8 and all(m.any() for m in matches)
     assert len({tuple(m.tolist()) for m in matches}) > 2  # several distinct views over the steps
+    # augment_share: the rest of the samples see the clip as it is (the original view)
+    seen.clear()
+    tune_clip(base, clip.frames, clip.caption, mc.tune_cfg(mode="temporal_only", steps=16, augment="colour", augment_share=0.25))
+    original = [bool((x0 - views[0]).abs().max() < 1e-5) for x0 in seen]
+    assert sum(original) >= 8 and not all(original)  # ~12 of 16 expected
     plain = tune_clip(base, clip.frames, clip.caption, mc.tune_cfg(mode="temporal_only", steps=8))
     assert augmented.adapter.meta["tune_config"]["augment"] == "colour"
     assert any(not torch.equal(plain.adapter.tensors[k], v) for k, v in augmented.adapter.tensors.items())
