@@ -114,7 +114,7 @@ class _Branches:
         if mode.trains_unet:
             self.groups = {MOTION: dict(unet.named_parameters())}
         elif self.kind == "full":
-            if mode.appearance_norm:  # a frozen base for L_app, before any weight moves
+            if mode.appearance_norm and tcfg.lambda_app > 0:  # a frozen base for L_app, before any weight moves
                 self.frozen_copy = copy.deepcopy(unet).requires_grad_(False)
             self.groups = {MOTION: branch_parameters(unet, "temporal")}
         else:

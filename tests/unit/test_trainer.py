@@ -101,6 +101,21 @@ def test_full_branch_motioncrafter_uses_frozen_copy(base, clip, mc):
     assert result.history[1]["app"] > 0
 
 
+def test_full_branch_without_app_makes_no_frozen_copy(base, clip, mc, monkeypatch):
+    """With L_app off (the default) nothing needs a frozen base: no second UNet in memory."""
+    import motioncrafter.trainer as trainer
+
+    real = trainer.copy.deepcopy
+
+    def no_copy(obj, *args):
+        assert not isinstance(obj, torch.nn.Module), f"copied a {type(obj).__name__}"
+        return real(obj, *args)
+
+    monkeypatch.setattr(trainer.copy, "deepcopy", no_copy)
+    result = tune_clip(base, clip.frames, clip.caption, mc.tune_cfg(steps=2, lambda_app=0.0), AdapterConfig(kind="full"))
+    assert result.adapter.kind == "full" and "app" not in result.history[0]
+
+
 def test_lambda_app_zero_drops_app(bases, clip, mc):
     base = bases["animatediff"]
     result = tune_clip(base, clip.frames, clip.caption, mc.tune_cfg(steps=2, lambda_app=0.0, log_every=1))
