@@ -48,6 +48,12 @@ class Reference:
     motion: str
     offset: tuple[float, float] = (0.0, 0.0)
 
+    def clip(self):
+        """The reference clip, rendered (a MovingShapes `Clip`)."""
+        from motioncrafter.toyworld.world import ClipSpec, render
+
+        return render(ClipSpec(self.colour, self.shape, self.background, self.motion, self.offset))
+
 
 # 5 held-out motions on each set, plus held-in ones on test; no appearance combination repeats
 SPLITS = {
@@ -135,14 +141,14 @@ def run_job(variant: str, split: str, clip_index: int, level: str, args: argpars
     from motioncrafter.evaluate import score_video
     from motioncrafter.metrics import diversity
     from motioncrafter.render import render
-    from motioncrafter.toyworld.world import HELD_OUT_MOTIONS, ClipSpec, render as render_clip
+    from motioncrafter.toyworld.world import HELD_OUT_MOTIONS
     from motioncrafter.trainer import tune_clip
 
     name, mode, overrides = parse_variant(variant)
     cfg = load_config(None, ([f"tune.mode={mode}"] if mode != "base" else []) + overrides)
     setup = SPLITS[split]
     ref = setup["clips"][clip_index]
-    clip = render_clip(ClipSpec(ref.colour, ref.shape, ref.background, ref.motion, ref.offset))
+    clip = ref.clip()
     caption, subject = reference_caption(ref, level)
     budgets = sorted(args.steps)
     tune = replace(cfg.tune, steps=budgets[-1], seed=tune_seed(args), progress=False)

@@ -28,13 +28,12 @@ def measure(args: argparse.Namespace) -> dict[str, list[float]]:
 
     from motioncrafter.base import load_base
     from motioncrafter.config import load_config
-    from motioncrafter.toyworld.world import ClipSpec, render as render_clip
     from motioncrafter.trainer import tune_clip
 
     torch.set_num_threads(args.threads)
     base = load_base(args.base)
     ref = SPLITS["dev"]["clips"][0]
-    clip = render_clip(ClipSpec(ref.colour, ref.shape, ref.background, ref.motion, ref.offset))
+    clip = ref.clip()
     caption, subject = reference_caption(ref, "shape")
     configs = {}
     for variant in args.variants:

@@ -170,7 +170,7 @@ class TuneConfig:
     spatial_every: int = 1  # the spatial LoRA tuned on every k-th step only (on, frozen, in every temporal pass)
     spatial_pass: str = "frame"  # frame: the spatial LoRA tuned by L_sp on one random frame, a UNet call of its own | joint: by L_tmp in the temporal pass
     num_frames: int = 8  # frames of the clip the adapter learns from
-    augment: str = "none"  # none | channels: a step sees the clip in one of its 6 RGB channel orders | colour: those and their negatives (12)
+    augment: str = "none"  # none | channels: a sample is the clip in one of its 6 RGB channel orders | colour: those and their negatives (12); off: it cost the motion (dev sweeps 23-24)
     augment_share: float = 1.0  # share of the samples drawn from the colour views (the original among them); the rest see the clip as it is
     batch: int = 1  # noise draws of the clip per step and rank
     gradient_checkpointing: bool = False  # recompute UNet block activations in backward: less memory, more time
