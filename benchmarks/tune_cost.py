@@ -14,6 +14,7 @@ The goal for the default: at most 1.5x `temporal_only`'s time (README, method).
 from __future__ import annotations
 
 import argparse
+import shlex
 import statistics
 import time
 from dataclasses import replace
@@ -55,7 +56,7 @@ def measure(args: argparse.Namespace) -> dict[str, list[float]]:
 
 
 def report(args: argparse.Namespace, seconds: dict[str, list[float]], wall: float) -> str:
-    lines = [f"# Tuning cost per step on the shipped base (python benchmarks/tune_cost.py {' '.join(args.argv)})".rstrip(), "",
+    lines = [f"# Tuning cost per step on the shipped base (python benchmarks/tune_cost.py {shlex.join(args.argv)})".rstrip(), "",
              f"Dev clip 0 of the ablation, {args.steps} steps per run, {args.rounds} interleaved rounds after a warm-up one, "
              f"{args.threads} torch thread(s); wall time {wall:.0f} s, {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}.", "",
              "| variant | s / step (median) | fastest round | over temporal_only (median of rounds) |", "|---|---|---|---|"]

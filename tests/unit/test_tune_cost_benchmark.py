@@ -21,6 +21,8 @@ def test_tune_cost_times_each_variant_per_round_and_tables_the_ratio(tmp_path, m
     assert [r[0] for r in rows] == ["temporal_only", "mc_r4"]
     assert rows[0][3] == "1.00x" and float(rows[1][3].rstrip("x")) > 0
     assert all(float(r[1]) >= float(r[2]) > 0 for r in rows)  # the median round is no faster than the fastest
+    # the command in the header runs as printed: a variant's ';' is quoted for the shell
+    assert "'mc_r4=motioncrafter;adapter.rank=4'" in out.read_text().splitlines()[0]
 
     with pytest.raises(SystemExit, match="the base is not tuned"):
         tune_cost.main(["--variants", "base", "--out", str(out)])
