@@ -23,7 +23,8 @@ the same UNet with its adapters switched off (LoRA), or a frozen copy of the
 UNet when the temporal branch is tuned in full.
 
 `tune.augment` shows each step the clip in one of its colour views (`colour_views`):
-the same motion in other colours, so the look is not there to learn.
+the same motion in other colours, so the look is not there to learn (off: on the dev
+clips it cost the motion as well).
 
 Timestep-layered tuning: each term applies on its own range of the training
 schedule (`tune.motion_timesteps`, `tune.appearance_timesteps`); a step draws its
@@ -87,9 +88,9 @@ def colour_views(frames: np.ndarray, augment: str) -> np.ndarray:
 
     `channels`: its 6 RGB channel orders (hue moves, grays stay); `colour`: those and
     their negatives (255 - x: dark and light swap, so backgrounds move too). Every view
-    has the clip's exact motion and none of its colours for certain, so an adapter tuned
-    on them can take up the motion but not the look (the appearance the prompt leaves out
-    is what an adapter otherwise memorizes).
+    has the clip's exact motion in other colours (a colour with two equal channels has
+    fewer distinct orders: views may repeat), so the look the prompt leaves out is not
+    there to memorize. On MovingShapes it cost the motion too (dev sweeps 23-24).
     """
     if augment not in AUGMENTS:
         raise ValueError(f"unknown augmentation {augment!r}; expected one of {AUGMENTS}")
