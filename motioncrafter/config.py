@@ -169,6 +169,8 @@ class TuneConfig:
     beta: float = 1.0  # MotionDirector appearance-debiasing weight of the anchor frame; 0.5 traded motion for appearance and less leakage on two dev draws
     spatial_every: int = 1  # the spatial LoRA tuned on every k-th step only (on, frozen, in every temporal pass)
     spatial_pass: str = "frame"  # frame: the spatial LoRA tuned by L_sp on one random frame, a UNet call of its own | joint: by L_tmp in the temporal pass
+    spatial_warmup: int = 0  # steps that tune the spatial LoRA alone (its one-frame pass) before the `steps` that tune the motion adapter
+    spatial_freeze: bool = False  # after the warm-up the spatial LoRA stays as it is, folded into the weights: no more one-frame passes
     num_frames: int = 8  # frames of the clip the adapter learns from
     augment: str = "none"  # none | channels: a sample is the clip in one of its 6 RGB channel orders | colour: those and their negatives (12); off: it cost the motion (dev sweeps 23-24)
     augment_share: float = 1.0  # share of the samples drawn from the colour views (the original among them); the rest see the clip as it is
@@ -196,6 +198,17 @@ class TuneConfig:
         # the enhanced prompt's pass is shared with L_app, which must not tune the spatial LoRA
         _check(not (self.spatial_pass == "joint" and self.temporal_prompt == "enhanced"), "tune.spatial_pass",
                "joint needs tune.temporal_prompt = clip (the enhanced prompt's pass is shared with L_app)")
+        _check(self.spatial_warmup >= 0, "tune.spatial_warmup", f"must be >= 0, got {self.spatial_warmup}")
+        _check(self.spatial_warmup == 0 or _MODES[self.mode].spatial_path, "tune.spatial_warmup",
+               f"mode {self.mode!r} has no spatial path to warm up")
+        # frozen with nothing learned it would be no spatial path at all
+        _check(not self.spatial_freeze or self.spatial_warmup > 0, "tune.spatial_freeze", "needs tune.spatial_warmup > 0")
+        # folded into the weights, the spatial LoRA cannot be switched off for L_app's frozen base, nor
+        # tuned jointly; under ZeRO-3 the weights it would fold into are partitioned
+        _check(not self.spatial_freeze or (self.lambda_app == 0 and self.spatial_pass == "frame"), "tune.spatial_freeze",
+               "needs tune.lambda_app = 0 and tune.spatial_pass = frame")
+        _check(not (self.spatial_freeze and self.engine == "deepspeed" and self.zero_stage == 3), "tune.spatial_freeze",
+               "does not work with DeepSpeed ZeRO-3 (the weights it folds into are partitioned); use stage 0-2")
         _check_range(self.motion_timesteps, "tune.motion_timesteps")
         _check_range(self.appearance_timesteps, "tune.appearance_timesteps")
         _check(self.lr >= 0 and self.spatial_lr > 0, "tune.lr", "learning rates must be > 0 (tune.lr 0: the mode's own)")

@@ -26,6 +26,11 @@ UNet when the temporal branch is tuned in full.
 the same motion in other colours, so the look is not there to learn (off: on the dev
 clips it cost the motion as well).
 
+`tune.spatial_warmup` tunes the spatial LoRA alone for that many steps first, so the
+clip's look is taken up before the motion adapter starts learning; `tune.spatial_freeze`
+then keeps it as it is, folded into the weights, so the motion adapter's steps run one
+UNet call each with no spatial LoRA layers in it.
+
 Timestep-layered tuning: each term applies on its own range of the training
 schedule (`tune.motion_timesteps`, `tune.appearance_timesteps`); a step draws its
 timestep from the union, so with disjoint ranges a step pays for one term only.
@@ -41,6 +46,7 @@ import hashlib
 import itertools
 import random
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field, replace
 
 import numpy as np
@@ -63,7 +69,7 @@ MOTION, SPATIAL = "_tune_motion", "_tune_spatial"
 @dataclass
 class TuneResult:
     adapter: ad.Adapter
-    history: list[dict] = field(default_factory=list)  # loss components every `log_every` steps
+    history: list[dict] = field(default_factory=list)  # loss components every `log_every` steps (negative: the spatial warm-up's)
     seconds: float = 0.0
     peak_memory_bytes: int | None = None  # accelerator peak; None on CPU
     snapshots: dict[int, ad.Adapter] = field(default_factory=dict)  # the adapter after each of `snapshot_at` steps
@@ -127,11 +133,18 @@ class _Branches:
             self.lora[SPATIAL] = ad.inject_lora(unet, SPATIAL, targets, acfg.spatial_rank, acfg.spatial_rank)
             self.groups[SPATIAL] = {n: p for n, p in unet.named_parameters() if f".{SPATIAL}." in n}
         self.original = {n: p.detach().clone() for n, p in self.groups[MOTION].items()} if self.kind == "full" else {}
+        self.folded: dict[str, torch.Tensor] = {}  # weight name -> its value before `fold_spatial`
         self.layers = ad.tuner_layers(unet) if self.lora else []  # found once: `forward` switches on every pass
 
-    def param_groups(self, tcfg: TuneConfig) -> list[dict]:
+    def param_groups(self, tcfg: TuneConfig, only: list[str] | None = None) -> list[dict]:
+        """The optimizer's groups: every trainable group, or `only` these."""
         lrs = {MOTION: tcfg.lr, SPATIAL: tcfg.spatial_lr}
-        return [{"params": list(ps.values()), "lr": lrs[g]} for g, ps in self.groups.items()]
+        return [{"params": list(ps.values()), "lr": lrs[g]} for g, ps in self.groups.items() if only is None or g in only]
+
+    def find_parameters(self) -> None:
+        """Look the groups' parameters up again by name, for a UNet whose parameter objects were replaced."""
+        params = dict(self.unet.named_parameters())
+        self.groups = {g: {n: params[n] for n in group} for g, group in self.groups.items()}
 
     def forward(self, active: list[str], train: list[str], x, t, text) -> torch.Tensor:
         """UNet prediction with only `active` adapters on and only the groups in `train` receiving gradients."""
@@ -159,6 +172,21 @@ class _Branches:
         with ad.base_only(self.unet, self.layers):
             return self.base.predict(x, t, text)
 
+    @torch.no_grad()
+    def fold_spatial(self) -> None:
+        """Add the spatial LoRA's change into the weights it wraps and remove its layers (what
+        peft's merge does, then unwrapped): the same outputs, with no LoRA layers to run."""
+        from peft.tuners.tuners_utils import BaseTunerLayer
+
+        for name, layer in self.unet.named_modules():
+            if isinstance(layer, BaseTunerLayer) and SPATIAL in getattr(layer, "lora_A", {}):
+                weight = layer.get_base_layer().weight
+                self.folded[f"{name}.weight"] = weight.detach().clone()
+                weight += layer.get_delta_weight(SPATIAL).to(weight.dtype)
+        ad.delete_lora(self.unet, SPATIAL)
+        del self.groups[SPATIAL]
+        self.layers = ad.tuner_layers(self.unet)
+
     def export(self, gather) -> dict[str, torch.Tensor]:
         """The motion adapter's tensors (full weights, or peft's LoRA state dict)."""
         with gather(list(self.groups[MOTION].values())):
@@ -171,6 +199,9 @@ class _Branches:
         for name in self.lora:
             ad.delete_lora(self.unet, name)
         with torch.no_grad():
+            weights = dict(self.unet.named_parameters())
+            for n, value in self.folded.items():
+                weights[n].data = value
             for n, p in self.groups[MOTION].items():
                 if n in self.original:
                     p.data = self.original[n]  # its dtype too: the engine made trainable weights float32
@@ -248,32 +279,48 @@ def tune_clip(
     with torch.random.fork_rng(devices=[base.device] if base.device.type == "cuda" else []):
         torch.manual_seed(tune.seed)
         branches = _Branches(base, mode, adapter, tune)
-        engine = make_engine(unet, branches.param_groups(tune), tune, base.dtype)
         step_fn = _Step(base, branches, mode, tune, prompt, subject, enhance_cfg, rank)
         history: list[dict] = []
         snapshots: dict[int, ad.Adapter] = {}
-        bar = progress(range(tune.steps), desc=f"tune {tune.mode}", disable=not tune.progress or rank != 0, leave=False)
+        # steps count the motion adapter's: the spatial warm-up's are the negative ones before them, an
+        # optimization of its own, so the motion adapter's Adam starts afresh on either engine
+        phases: list[tuple[range, Callable, list[str] | None]] = []
+        if tune.spatial_warmup:
+            phases.append((range(-tune.spatial_warmup, 0), step_fn.warmup, [SPATIAL]))
+        phases.append((range(tune.steps), step_fn, None))
+        bar = progress(total=tune.spatial_warmup + tune.steps, desc=f"tune {tune.mode}", disable=not tune.progress or rank != 0,
+                       leave=False)
         try:
             unet.train()
             set_gradient_checkpointing(unet, tune.gradient_checkpointing)
-            with dtype_read_once(unet):  # the engine has cast what it trains: no dtype moves from here
-                for step in bar:
-                    parts = step_fn(x0, text)
-                    loss = sum(v * (tune.lambda_app if k == "app" else 1.0) for k, v in parts.items())
-                    branches.enable_grads()
-                    engine.backward(loss)
-                    engine.step()
-                    if step % tune.log_every == 0 or step == tune.steps - 1:
-                        row = {"step": step, "loss": loss.item(), **{k: v.item() for k, v in parts.items()}}
-                        history.append(row)
-                        bar.set_postfix({k: f"{v:.4f}" for k, v in row.items() if k != "step"})
-                    if step + 1 in snapshot_at and step + 1 < tune.steps:
-                        snapshots[step + 1] = _adapter(branches.export(engine.gather), base, branches, tune, prompt, subject, frames,
-                                                       time.time() - started, world, steps=step + 1)
-            tensors = branches.export(engine.gather)
+            for steps, loss_terms, groups in phases:
+                if steps.start == 0 and tune.spatial_freeze:
+                    branches.fold_spatial()
+                engine = make_engine(unet, branches.param_groups(tune, groups), tune, base.dtype)
+                try:
+                    with dtype_read_once(unet):  # the engine has cast what it trains: no dtype moves from here
+                        for step in steps:
+                            parts = loss_terms(x0, text)
+                            loss = sum(v * (tune.lambda_app if k == "app" else 1.0) for k, v in parts.items())
+                            branches.enable_grads()
+                            engine.backward(loss)
+                            engine.step()
+                            bar.update(1)
+                            if step % tune.log_every == 0 or step == tune.steps - 1:
+                                row = {"step": step, "loss": loss.item(), **{k: v.item() for k, v in parts.items()}}
+                                history.append(row)
+                                bar.set_postfix({k: f"{v:.4f}" for k, v in row.items() if k != "step"})
+                            if step + 1 in snapshot_at and step + 1 < tune.steps:
+                                snapshots[step + 1] = _adapter(branches.export(engine.gather), base, branches, tune, prompt, subject,
+                                                               frames, time.time() - started, world, steps=step + 1)
+                    if steps.start == 0:
+                        tensors = branches.export(engine.gather)
+                finally:
+                    engine.close()
+                    branches.find_parameters()  # closing after ZeRO-3 gives the UNet new parameter objects
         finally:
+            bar.close()
             step_fn.close()
-            engine.close()
             set_gradient_checkpointing(unet, False)
             branches.restore()
             unet.train(was_training)
@@ -302,23 +349,40 @@ class _Step:
         unets = [base.unet] + ([branches.frozen_copy] if branches.frozen_copy is not None else [])
         self.stats = losses.SpatialStats(*unets) if self.use_app and tune.app_loss == "stats" else None
 
+    def _views(self, x0: torch.Tensor, batch: int) -> torch.Tensor:
+        """With `tune.augment`, x0 holds the clip's colour views, the original first: one per sample."""
+        if self.tune.augment == "none":
+            return x0
+        pick = torch.randint(0, len(x0), (batch,), generator=self.gen)
+        if self.tune.augment_share < 1:
+            pick[torch.rand(batch, generator=self.gen) >= self.tune.augment_share] = 0
+        return x0[pick]
+
+    def _spatial_frame(self, noisy: losses.NoisyClip, text: torch.Tensor) -> torch.Tensor:
+        """L_sp: the spatial LoRA alone on one random frame of the noised clip."""
+        f = int(torch.randint(0, noisy.latents.shape[2], (1,), generator=self.gen))
+        one = slice(f, f + 1)
+        pred = self.branches.forward([SPATIAL], [SPATIAL], noisy.latents[:, :, one], noisy.timesteps, text)
+        return losses.denoising(pred, noisy.target[:, :, one])
+
+    def warmup(self, x0: torch.Tensor, text: torch.Tensor) -> dict[str, torch.Tensor]:
+        """A step of the spatial warm-up: L_sp only, at timesteps over the whole schedule."""
+        noisy = losses.add_noise(self.base.noise_scheduler, self._views(x0, len(text)), self.gen)
+        return {"sp": self._spatial_frame(noisy, text)}
+
     def __call__(self, x0: torch.Tensor, text: torch.Tensor) -> dict[str, torch.Tensor]:
         tune, mode, branches = self.tune, self.mode, self.branches
-        if tune.augment != "none":  # x0 holds the clip's colour views, the original first: one per sample
-            pick = torch.randint(0, len(x0), (len(text),), generator=self.gen)
-            if tune.augment_share < 1:
-                pick[torch.rand(len(text), generator=self.gen) >= tune.augment_share] = 0
-            x0 = x0[pick]
-        noisy = losses.add_noise(self.base.noise_scheduler, x0, self.gen, self.ranges)
+        noisy = losses.add_noise(self.base.noise_scheduler, self._views(x0, len(text)), self.gen, self.ranges)
         zt, y, t = noisy.latents, noisy.target, noisy.timesteps
         on_motion = losses.in_range(t, tune.motion_timesteps, self.num_train)
         on_app = losses.in_range(t, tune.appearance_timesteps, self.num_train) if self.use_app else torch.zeros_like(on_motion)
         # MotionDirector masks the spatial LoRA on a share of the steps: off in the temporal pass, not tuned
+        # (once `fold_spatial` has put it into the weights it stays on)
         masked = bool(mode.spatial_skip) and float(torch.rand(1, generator=self.gen)) < mode.spatial_skip
         spatial_on = mode.spatial_path and not masked
         # `spatial_every` thins only the spatial LoRA's tuning: it stays on (frozen) in every temporal
         # pass, or the temporal LoRA would take up the clip's look on the steps in between
-        tune_spatial = spatial_on and self.calls % tune.spatial_every == 0
+        tune_spatial = spatial_on and not tune.spatial_freeze and self.calls % tune.spatial_every == 0
         self.calls += 1
         active = [MOTION, SPATIAL] if spatial_on else [MOTION]
         joint = tune_spatial and tune.spatial_pass == "joint"  # the spatial LoRA learns from L_tmp's pass
@@ -345,10 +409,7 @@ class _Step:
                 app_rows = on_app
                 app_pred = self._tuned([MOTION], zt[on_app], t[on_app], text_e[on_app], record=True)
         if spatial_frame:
-            f = int(torch.randint(0, zt.shape[2], (1,), generator=self.gen))
-            one = slice(f, f + 1)
-            pred_f = branches.forward([SPATIAL], [SPATIAL], zt[:, :, one], t, text)
-            parts["sp"] = losses.denoising(pred_f, y[:, :, one])
+            parts["sp"] = self._spatial_frame(noisy, text)
         if on_app.any():
             assert text_e is not None
             parts["app"] = losses.masked_mean(self._appearance(app_pred, zt[app_rows], t[app_rows], text_e[app_rows]),

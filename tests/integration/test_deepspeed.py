@@ -16,6 +16,8 @@ from safetensors.torch import load_file, save_file
 from motioncrafter.config import TuneConfig
 
 SETTINGS = [(0, False), (2, True), (3, False)]
+# the spatial warm-up is an optimization of its own, then frozen into the weights (ZeRO 0-2), or tuned on (ZeRO-3)
+WARMUP = {2: dict(spatial_warmup=2, spatial_freeze=True), 3: dict(spatial_warmup=2)}
 
 
 def _rank(rank: int, world: int, port: int, out: str) -> None:
@@ -31,12 +33,13 @@ def _rank(rank: int, world: int, port: int, out: str) -> None:
     base = debug_base("unet3d")
     before = {k: v.clone() for k, v in base.unet.state_dict().items()}
     clip = render(ClipSpec("red", "circle", "black", "zigzag"))
-    for stage, offload in SETTINGS:
-        cfg = TuneConfig(steps=3, progress=False, engine="deepspeed", zero_stage=stage, offload=offload)
-        result = tune_clip(base, clip.frames, clip.caption, cfg)
-        save_file(result.adapter.tensors, f"{out}/stage{stage}_rank{rank}.safetensors")
+    runs = [(f"stage{stage}", TuneConfig(zero_stage=stage, offload=offload)) for stage, offload in SETTINGS]
+    runs += [(f"stage{stage}_warmup", TuneConfig(zero_stage=stage, **kw)) for stage, kw in WARMUP.items()]
+    for name, cfg in runs:
+        result = tune_clip(base, clip.frames, clip.caption, replace(cfg, steps=3, progress=False, engine="deepspeed"))
+        save_file(result.adapter.tensors, f"{out}/{name}_rank{rank}.safetensors")
         after = base.unet.state_dict()
-        assert after.keys() == before.keys() and all(torch.equal(after[k], before[k]) for k in before), stage
+        assert after.keys() == before.keys() and all(torch.equal(after[k], before[k]) for k in before), name
     torch.distributed.destroy_process_group()
 
 
@@ -45,11 +48,11 @@ def test_ranks_agree_for_every_zero_stage(tmp_path):
     from motioncrafter.distributed import free_port
 
     mp.spawn(_rank, args=(2, free_port(), str(tmp_path)), nprocs=2, join=True)
-    for stage, _ in SETTINGS:
-        a = load_file(str(tmp_path / f"stage{stage}_rank0.safetensors"))
-        b = load_file(str(tmp_path / f"stage{stage}_rank1.safetensors"))
+    for name in [f"stage{stage}" for stage, _ in SETTINGS] + [f"stage{stage}_warmup" for stage in WARMUP]:
+        a = load_file(str(tmp_path / f"{name}_rank0.safetensors"))
+        b = load_file(str(tmp_path / f"{name}_rank1.safetensors"))
         assert a.keys() == b.keys() and len(a) > 0
-        assert all(torch.equal(a[k], b[k]) for k in a), f"ranks disagree at ZeRO stage {stage}"
+        assert all(torch.equal(a[k], b[k]) for k in a), f"ranks disagree at {name}"
         # training moved the adapter away from its initialisation (LoRA B starts at zero)
         assert any(v.abs().sum() > 0 for k, v in a.items() if "lora_B" in k)
 
@@ -62,13 +65,15 @@ def test_single_process_deepspeed_matches_torch_engine_shape():
 
     base = debug_base("unet3d")
     clip = render(ClipSpec("blue", "square", "white", "circle"))
-    cfg = TuneConfig(steps=2, progress=False)
-    plain = tune_clip(base, clip.frames, clip.caption, cfg)
-    ds = tune_clip(base, clip.frames, clip.caption, replace(cfg, engine="deepspeed"))
-    assert plain.adapter.tensors.keys() == ds.adapter.tensors.keys()
-    # same seed, one rank, same AdamW: the same update up to float rounding
-    for k in plain.adapter.tensors:
-        torch.testing.assert_close(plain.adapter.tensors[k], ds.adapter.tensors[k], rtol=1e-4, atol=1e-5)
+    # the default, and a spatial warm-up frozen after it (its own optimizer: the motion adapter's Adam
+    # starts afresh on both engines, so its bias correction counts its own steps)
+    for cfg, stage in [(TuneConfig(steps=2, progress=False), 0), (TuneConfig(steps=3, progress=False, spatial_warmup=2, spatial_freeze=True), 2)]:
+        plain = tune_clip(base, clip.frames, clip.caption, cfg)
+        ds = tune_clip(base, clip.frames, clip.caption, replace(cfg, engine="deepspeed", zero_stage=stage))
+        assert plain.adapter.tensors.keys() == ds.adapter.tensors.keys()
+        # same seed, one rank, same AdamW: the same update up to float rounding
+        for k in plain.adapter.tensors:
+            torch.testing.assert_close(plain.adapter.tensors[k], ds.adapter.tensors[k], rtol=1e-4, atol=1e-5)
 
 
 def test_deepspeed_steps_the_warmup_schedule():

@@ -142,6 +142,8 @@ def test_section_that_is_not_a_table(tmp_path):
         ("enhance.swap_scene_prob=1.5", "enhance.swap_scene_prob"),
         ("enhance.subjects=[a cat]", "enhance.subjects"),
         ("video.sampling=random", "video.sampling"),
+        ("tune.spatial_warmup=-1", "tune.spatial_warmup"),
+        ("tune.spatial_freeze=true", "tune.spatial_freeze"),  # with nothing warmed up: no spatial path at all
     ],
 )
 def test_validation_errors_name_field(override, field):
@@ -195,3 +197,28 @@ def test_zero3_with_gradient_checkpointing_is_refused() -> None:
     TuneConfig(engine="deepspeed", zero_stage=3)
     with pytest.raises(ConfigError, match="tune.gradient_checkpointing: does not work with DeepSpeed ZeRO-3"):
         TuneConfig(engine="deepspeed", zero_stage=3, gradient_checkpointing=True)
+
+
+@pytest.mark.parametrize(
+    "settings, match",
+    [
+        ({"mode": "temporal_only", "spatial_warmup": 10}, "tune.spatial_warmup: mode 'temporal_only' has no spatial path"),
+        ({"spatial_warmup": 10, "spatial_freeze": True, "lambda_app": 1.0}, "tune.spatial_freeze: needs tune.lambda_app = 0"),
+        ({"spatial_warmup": 10, "spatial_freeze": True, "spatial_pass": "joint"}, "tune.spatial_freeze: needs tune.lambda_app = 0"),
+        ({"spatial_warmup": 10, "spatial_freeze": True, "engine": "deepspeed", "zero_stage": 3},
+         "tune.spatial_freeze: does not work with DeepSpeed ZeRO-3"),
+    ],
+)
+def test_spatial_warmup_and_freeze_are_refused_where_they_cannot_work(settings, match) -> None:
+    from motioncrafter.config import TuneConfig
+
+    with pytest.raises(ConfigError, match=match):
+        TuneConfig(**settings)
+
+
+def test_spatial_warmup_and_freeze_are_accepted_where_they_work() -> None:
+    from motioncrafter.config import TuneConfig
+
+    TuneConfig(mode="motiondirector", spatial_warmup=10, spatial_freeze=True)
+    TuneConfig(spatial_warmup=10, lambda_app=1.0, engine="deepspeed", zero_stage=3)  # warmed up, not frozen
+    TuneConfig(spatial_warmup=10, spatial_freeze=True, engine="deepspeed", zero_stage=2)

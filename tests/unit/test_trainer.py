@@ -368,3 +368,81 @@ def test_gradients_reach_only_their_branch(fresh_base, mc, kind):
         assert grads_after([tmp, sp, app]) == {MOTION: True, SPATIAL: True}
     finally:
         branches.restore()
+
+
+def _lora_moved(params: dict[str, torch.Tensor]) -> bool:
+    return any(p.abs().sum() > 0 for n, p in params.items() if ".lora_B." in n)  # LoRA B starts at zero
+
+
+def test_spatial_warmup_tunes_the_spatial_path_alone_first(bases, clip, mc, monkeypatch):
+    """The warm-up's steps (negative in the history) tune the spatial LoRA on one-frame passes only:
+    when the motion adapter's first step starts, the spatial LoRA has moved and the motion adapter has not."""
+    from motioncrafter import trainer
+
+    at_first_motion_step: dict[str, bool] = {}
+    real = trainer._Step.__call__
+
+    def spy(self, x0, text):
+        if not at_first_motion_step:
+            at_first_motion_step.update({g: _lora_moved(ps) for g, ps in self.branches.groups.items()})
+        return real(self, x0, text)
+
+    monkeypatch.setattr(trainer._Step, "__call__", spy)
+    result = tune_clip(bases["animatediff"], clip.frames, clip.caption, mc.tune_cfg(steps=2, spatial_warmup=3, log_every=1))
+    assert at_first_motion_step == {trainer.MOTION: False, trainer.SPATIAL: True}
+    assert [row["step"] for row in result.history] == [-3, -2, -1, 0, 1]
+    assert all(set(row) == {"step", "loss", "sp"} for row in result.history[:3])
+    assert all(set(row) == {"step", "loss"} | COMPONENTS["motioncrafter"] for row in result.history[3:])
+    assert result.adapter.meta["tune_config"]["spatial_warmup"] == 3
+    assert result.adapter.meta["tune_config"]["steps"] == 2  # the motion adapter's steps
+
+
+@pytest.mark.parametrize("family", ["unet3d", "animatediff"])
+def test_fold_spatial_keeps_the_outputs_and_restore_undoes_it(fresh_base, mc, family):
+    """Folded into the weights, the spatial LoRA gives the UNet the outputs it gave as a LoRA, with no
+    spatial LoRA layers left; `restore` puts the base's own weights back."""
+    from motioncrafter.trainer import MOTION, SPATIAL, _Branches
+
+    base = fresh_base(family)
+    before = mc.snapshot(base.unet)
+    branches = _Branches(base, MODES["motioncrafter"], AdapterConfig(rank=2, spatial_rank=2), mc.tune_cfg())
+    gen = torch.Generator().manual_seed(0)
+    with torch.no_grad():
+        for params in branches.groups.values():
+            for n, p in params.items():
+                if ".lora_B." in n:
+                    p.copy_(0.05 * torch.randn(p.shape, generator=gen))
+        inputs = mc.unet_inputs(base)
+        with_spatial = branches.forward([MOTION, SPATIAL], [], *inputs)
+        without = branches.forward([MOTION], [], *inputs)
+        assert mc.rel_diff(without, with_spatial) > 1e-3  # the spatial LoRA changes the output: folding has work to do
+        branches.fold_spatial()
+        assert ad.lora_names(base.unet) == {MOTION} and SPATIAL not in branches.groups
+        folded = branches.forward([MOTION], [], *inputs)
+    torch.testing.assert_close(folded, with_spatial, rtol=1e-4, atol=1e-5)
+    branches.restore()
+    mc.assert_same_state(base.unet, before)
+
+
+def test_spatial_freeze_runs_one_unet_call_per_motion_step(bases, clip, mc, monkeypatch):
+    """Frozen after its warm-up, the spatial path costs the motion adapter's steps nothing: one UNet call
+    on the whole clip each (the warm-up's calls see one frame); the base comes back exactly as it was."""
+    from motioncrafter.base import BaseModel
+
+    base = bases["unet3d"]
+    before = mc.snapshot(base.unet)
+    frames_per_call: list[int] = []
+    real = BaseModel.predict
+
+    def spy(self, x, *args, **kwargs):
+        frames_per_call.append(x.shape[2])
+        return real(self, x, *args, **kwargs)
+
+    monkeypatch.setattr(BaseModel, "predict", spy)
+    cfg = mc.tune_cfg(steps=3, spatial_warmup=2, spatial_freeze=True, lambda_app=0.0, log_every=1)
+    result = tune_clip(base, clip.frames, clip.caption, cfg)
+    assert frames_per_call == [1, 1] + [cfg.num_frames] * 3
+    assert [set(row) - {"step", "loss"} for row in result.history] == [{"sp"}] * 2 + [{"tmp"}] * 3
+    mc.assert_same_state(base.unet, before)
+    assert not ad.tuner_layers(base.unet)
+    assert {_lora_layer(k) for k in result.adapter.tensors} == set(lora_targets(base.unet, "temporal"))
