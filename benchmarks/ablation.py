@@ -153,11 +153,10 @@ def run_job(variant: str, split: str, clip_index: int, level: str, args: argpars
     budgets = sorted(args.steps)
     tune = replace(cfg.tune, steps=budgets[-1], seed=tune_seed(args), progress=False)
     render_cfg = replace(cfg.render, num_steps=args.render_steps)
-    adapters, seconds = {b: None for b in budgets}, 0.0
+    adapters = {b: None for b in budgets}
     if mode != "base":
         result = tune_clip(_BASE, clip.frames, caption, tune, cfg.adapter, cfg.enhance, subject=subject, snapshot_at=tuple(budgets))
         adapters = {**result.snapshots, budgets[-1]: result.adapter}
-        seconds = result.seconds
     prompts = eval_prompts(ref, args.prompts)
     pairs = [(p, s) for p in prompts for s in setup["render_seeds"]]
     truth = {"colour": ref.colour, "shape": ref.shape, "background": ref.background}
@@ -174,7 +173,8 @@ def run_job(variant: str, split: str, clip_index: int, level: str, args: argpars
                 "variant": name, "mode": mode, "split": split, "protocol": "full" if level == "full" else "vague",
                 "caption_level": level, "reference": caption, "clip": clip_index, "motion": ref.motion,
                 "held_out": ref.motion in HELD_OUT_MOTIONS, "prompt": prompt, "seed": seed, "tune_seed": tune.seed, "steps": budget,
-                "tune_seconds": seconds * budget / budgets[-1], "adapter_bytes": adapter.nbytes() if adapter else 0,
+                # a snapshot's own clock: a k-step run's seconds, a spatial warm-up's included in full
+                "tune_seconds": adapter.meta["train_seconds"] if adapter else 0.0, "adapter_bytes": adapter.nbytes() if adapter else 0,
                 "diversity": diversity(same_prompt) if k % len(setup["render_seeds"]) == 0 else float("nan"),
                 **score_video(video, prompt, clip.frames, caption, reference_attributes=truth),
             })
