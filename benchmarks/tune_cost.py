@@ -1,10 +1,11 @@
-"""Seconds per tuning step of each mode on the shipped MovingShapes base, side by side in one process.
+"""Seconds per tuned clip of each mode on the shipped MovingShapes base, side by side in one process.
 
     python benchmarks/tune_cost.py [--variants motioncrafter temporal_only motiondirector full_finetune]
-                                   [--steps 20] [--rounds 5] [--threads 1] [--out benchmarks/results/tune_cost.md]
+                                   [--steps 200] [--rounds 3] [--threads 1] [--out benchmarks/results/tune_cost.md]
 
-A round tunes the first dev clip of the ablation (vague caption) once per variant, `--steps` steps
-each, the variants in turn; a warm-up round first is not counted. Interleaving the rounds lets a
+A round tunes the first dev clip of the ablation (vague caption) once per variant, a `--steps` budget
+each (the motion adapter's steps; a spatial warm-up's come on top, as a run pays them), the variants
+in turn; a warm-up round first is not counted. Interleaving the rounds lets a
 slow spell of a shared machine hit every variant alike, and the ratio to `temporal_only` is taken
 round by round before its median: what the ablation's seconds per clip measure over a 25-minute
 sweep, in a few minutes. Variants are written as in the ablation (`NAME=MODE;section.key=value...`).
@@ -24,7 +25,7 @@ from ablation import MODES, SPLITS, parse_variant, reference_caption
 
 
 def measure(args: argparse.Namespace) -> dict[str, list[float]]:
-    """Seconds per step of each variant, one entry per counted round."""
+    """Seconds per tuned clip of each variant, one entry per counted round."""
     import torch
 
     from motioncrafter.base import load_base
@@ -49,21 +50,21 @@ def measure(args: argparse.Namespace) -> dict[str, list[float]]:
             started = time.perf_counter()
             tune_clip(base, clip.frames, caption, tune, adapter, enhance, subject=subject)
             if round_:  # round 0 warms up allocator and caches
-                seconds[name].append((time.perf_counter() - started) / args.steps)
+                seconds[name].append(time.perf_counter() - started)
         if round_:
-            print(f"round {round_}: " + ", ".join(f"{n} {s[-1]:.3f} s/step" for n, s in seconds.items()), flush=True)
+            print(f"round {round_}: " + ", ".join(f"{n} {s[-1]:.2f} s" for n, s in seconds.items()), flush=True)
     return seconds
 
 
 def report(args: argparse.Namespace, seconds: dict[str, list[float]], wall: float) -> str:
-    lines = [f"# Tuning cost per step on the shipped base (python benchmarks/tune_cost.py {shlex.join(args.argv)})".rstrip(), "",
-             f"Dev clip 0 of the ablation, {args.steps} steps per run, {args.rounds} interleaved rounds after a warm-up one, "
+    lines = [f"# Tuning cost per clip on the shipped base (python benchmarks/tune_cost.py {shlex.join(args.argv)})".rstrip(), "",
+             f"Dev clip 0 of the ablation, a {args.steps}-step budget per run (a spatial warm-up's steps on top), {args.rounds} interleaved rounds after a warm-up one, "
              f"{args.threads} torch thread(s); wall time {wall:.0f} s, {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}.", "",
-             "| variant | s / step (median) | fastest round | over temporal_only (median of rounds) |", "|---|---|---|---|"]
+             "| variant | s / clip (median) | fastest round | over temporal_only (median of rounds) |", "|---|---|---|---|"]
     reference = seconds.get("temporal_only")
     for name, values in seconds.items():
         ratio = f"{statistics.median(v / r for v, r in zip(values, reference)):.2f}x" if reference else "-"
-        lines.append(f"| {name} | {statistics.median(values):.3f} | {min(values):.3f} | {ratio} |")
+        lines.append(f"| {name} | {statistics.median(values):.2f} | {min(values):.2f} | {ratio} |")
     return "\n".join(lines) + "\n"
 
 
@@ -75,8 +76,8 @@ def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--base", default=str(BASE_DIR))
     p.add_argument("--variants", nargs="+", default=list(MODES), help="NAME=MODE[;section.key=value...] or a bare mode")
-    p.add_argument("--steps", type=int, default=20)
-    p.add_argument("--rounds", type=int, default=5)
+    p.add_argument("--steps", type=int, default=200, help="the tuning budget (tune.steps)")
+    p.add_argument("--rounds", type=int, default=3)
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--out", default="benchmarks/results/tune_cost.md")
     args = p.parse_args(argv)

@@ -204,11 +204,9 @@ class TuneConfig:
         # frozen with nothing learned it would be no spatial path at all
         _check(not self.spatial_freeze or self.spatial_warmup > 0, "tune.spatial_freeze", "needs tune.spatial_warmup > 0")
         # folded into the weights, the spatial LoRA cannot be switched off for L_app's frozen base, nor
-        # tuned jointly; under ZeRO-3 the weights it would fold into are partitioned
+        # tuned jointly (under ZeRO-3 it folds into the full weights the closed warm-up engine gives back)
         _check(not self.spatial_freeze or (self.lambda_app == 0 and self.spatial_pass == "frame"), "tune.spatial_freeze",
                "needs tune.lambda_app = 0 and tune.spatial_pass = frame")
-        _check(not (self.spatial_freeze and self.engine == "deepspeed" and self.zero_stage == 3), "tune.spatial_freeze",
-               "does not work with DeepSpeed ZeRO-3 (the weights it folds into are partitioned); use stage 0-2")
         _check_range(self.motion_timesteps, "tune.motion_timesteps")
         _check_range(self.appearance_timesteps, "tune.appearance_timesteps")
         _check(self.lr >= 0 and self.spatial_lr > 0, "tune.lr", "learning rates must be > 0 (tune.lr 0: the mode's own)")

@@ -16,8 +16,9 @@ from safetensors.torch import load_file, save_file
 from motioncrafter.config import TuneConfig
 
 SETTINGS = [(0, False), (2, True), (3, False)]
-# the spatial warm-up is an optimization of its own, then frozen into the weights (ZeRO 0-2), or tuned on (ZeRO-3)
-WARMUP = {2: dict(spatial_warmup=2, spatial_freeze=True), 3: dict(spatial_warmup=2)}
+# the spatial warm-up is an optimization of its own, then tuned on, or frozen into the weights (under ZeRO-3: into
+# the full weights the closed warm-up engine gives back, partitioned again by the next engine)
+WARMUP = {2: dict(spatial_warmup=2), 3: dict(spatial_warmup=2, spatial_freeze=True)}
 
 
 def _rank(rank: int, world: int, port: int, out: str) -> None:
