@@ -5,10 +5,9 @@
 
 A round tunes the first dev clip of the ablation (vague caption) once per variant, a `--steps` budget
 each (the motion adapter's steps; a spatial warm-up's come on top, as a run pays them), the variants
-in turn; a warm-up round first is not counted. Interleaving the rounds lets a
-slow spell of a shared machine hit every variant alike, and the ratio to `temporal_only` is taken
-round by round before its median: what the ablation's seconds per clip measure over a 25-minute
-sweep, in a few minutes. Variants are written as in the ablation (`NAME=MODE;section.key=value...`).
+in turn; a warm-up round first is not counted. Interleaving the rounds lets a slow spell of a shared
+machine hit every variant alike, and the ratio to `temporal_only` is taken round by round before its
+median: what the ablation's seconds per clip measure over a 25-minute sweep, in about six minutes. Variants are written as in the ablation (`NAME=MODE;section.key=value...`).
 The goal for the default: at most 1.5x `temporal_only`'s time (README, method).
 """
 
@@ -58,8 +57,8 @@ def measure(args: argparse.Namespace) -> dict[str, list[float]]:
 
 def report(args: argparse.Namespace, seconds: dict[str, list[float]], wall: float) -> str:
     lines = [f"# Tuning cost per clip on the shipped base (python benchmarks/tune_cost.py {shlex.join(args.argv)})".rstrip(), "",
-             f"Dev clip 0 of the ablation, a {args.steps}-step budget per run (a spatial warm-up's steps on top), {args.rounds} interleaved rounds after a warm-up one, "
-             f"{args.threads} torch thread(s); wall time {wall:.0f} s, {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}.", "",
+             f"Dev clip 0 of the ablation, a {args.steps}-step budget per run (a spatial warm-up's steps on top), "
+             f"{args.rounds} interleaved rounds after a warm-up one, {args.threads} torch thread(s); wall time {wall:.0f} s, {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}.", "",
              "| variant | s / clip (median) | fastest round | over temporal_only (median of rounds) |", "|---|---|---|---|"]
     reference = seconds.get("temporal_only")
     for name, values in seconds.items():
