@@ -5,6 +5,8 @@
         --variant 'mc_static=motioncrafter;tune.app_loss=static'   # a sweep on the dev clips
     python benchmarks/ablation.py --protocols vague --tune-seed 2 \\
         --variant motioncrafter --variant temporal_only          # another tuning draw of the test table
+    python benchmarks/ablation.py --from-parquet a.parquet --from-parquet b.parquet \
+        --against motioncrafter --out t.md                         # both draws, each variant paired with the default
 
 Protocols (how the reference clip is captioned when tuning):
   full   "a red circle moves in a zigzag on a black background": the caption explains
@@ -19,6 +21,8 @@ caption) showing up instead.
 
 Clip sets: `dev` (recipes are chosen on it) and `test` (the committed table): other
 colour / shape / background combinations, start offsets, tuning and render seeds.
+`--against VARIANT` adds each variant's difference from that one, taken tuning run by tuning run,
+with a 90% bootstrap interval over the runs: whether the clips can tell it from noise.
 Every variant trains once to the largest budget and keeps snapshots at the smaller
 ones (the learning rate is constant, so a snapshot after k steps is a k-step run).
 Jobs (variant x clip x protocol) run in `--procs` processes of `--threads` threads
@@ -64,6 +68,18 @@ SPLITS = {
             Reference("green", "triangle", "gray", "bounce"),
             Reference("yellow", "circle", "black", "spiral"),
             Reference("purple", "square", "gray", "grow"),
+            # added after sweep 31 (three dev winners had not carried over to test: 5 clips were too few to
+            # tell a recipe from noise); `--clips 5` gives sweeps 1-31's set
+            Reference("cyan", "triangle", "black", "zigzag", (-0.03, 0.02)),
+            Reference("green", "circle", "white", "zigzag", (0.02, -0.04)),
+            Reference("purple", "triangle", "white", "circle", (0.03, 0.03)),
+            Reference("red", "square", "gray", "circle", (-0.02, 0.0)),
+            Reference("yellow", "square", "black", "bounce", (0.04, 0.01)),
+            Reference("cyan", "circle", "gray", "bounce", (-0.04, -0.02)),
+            Reference("blue", "circle", "white", "spiral", (0.01, 0.04)),
+            Reference("purple", "triangle", "black", "spiral", (-0.01, -0.03)),
+            Reference("red", "triangle", "white", "grow", (0.02, 0.02)),
+            Reference("cyan", "square", "black", "grow", (-0.03, 0.03)),
         ],
         tune_seed=0, render_seeds=(0, 1),
     ),
@@ -208,6 +224,53 @@ def summarize(df):
     return out.sort_values(["protocol", "steps", "_order"], ascending=[False, True, True]).drop(columns="_order").reset_index(drop=True)
 
 
+PAIRED_METRICS = {"motion fidelity (held-out)": "motion_fidelity", "appearance acc": "appearance_acc", "leakage": "leakage"}
+
+
+def paired_differences(df, reference: str, draws: int = 2000):
+    """Each variant minus `reference` on the same tuning runs, with a 90% bootstrap interval.
+
+    A unit is one reference clip under one tuning draw (`clip`, `tune_seed`): both variants saw the
+    same clip, caption and render seeds there, so the difference is taken unit by unit and the units
+    resampled. An interval that contains 0 is a difference these clips cannot tell from noise (held-out
+    fidelity counts held-out motions only).
+    """
+    import pandas as pd
+
+    if reference not in set(df["variant"]):
+        raise SystemExit(f"--against {reference!r}: no rows of that variant (have {sorted(set(df['variant']))})")
+    units = {metric: (df[df["held_out"]] if "held-out" in metric else df)
+             .groupby(["variant", "protocol", "steps", "clip", "tune_seed"])[column].mean()
+             for metric, column in PAIRED_METRICS.items()}
+    rng = np.random.default_rng(0)
+    table = []
+    for (protocol, variant, steps), _ in df.groupby(["protocol", "variant", "steps"], sort=False):
+        if variant == reference:
+            continue
+        row: dict = {"protocol": protocol, "variant": variant, "steps": int(steps)}
+        for metric, means in units.items():
+            try:
+                diff = (means.loc[(variant, protocol, steps)] - means.loc[(reference, protocol, steps)]).dropna().to_numpy()
+            except KeyError:  # no held-out rows, or the reference did not run at this budget
+                diff = np.array([])
+            if len(diff):
+                low, high = np.quantile(diff[rng.integers(0, len(diff), (draws, len(diff)))].mean(axis=1), [0.05, 0.95])
+                row[metric] = f"{diff.mean():+.3f} [{low:+.3f}, {high:+.3f}]"
+            else:
+                row[metric] = "-"
+        row["units (clip x draw)"] = len(diff)
+        table.append(row)
+    return pd.DataFrame(table)
+
+
+def paired_section(df, against: str | None) -> list[str]:
+    """The markdown of `paired_differences` (nothing without `--against`)."""
+    if not against:
+        return []
+    return [f"Difference from `{against}`, tuning run by tuning run (mean [90% bootstrap interval] over clips x draws):", "",
+            *markdown_table(paired_differences(df, against)), ""]
+
+
 def markdown_table(table) -> list[str]:
     cols = list(table.columns)
     lines = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
@@ -261,8 +324,12 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--from-parquet", action="append", dest="sources", metavar="FILE[:VARIANT[=NEW_NAME],...]",
                    help="build the table from the rows of earlier runs (those variants only) instead of running jobs; "
                         "repeatable. Seconds per clip then compare only within one source")
+    p.add_argument("--against", metavar="VARIANT",
+                   help="also table every variant's difference from this one, run by run, with 90%% bootstrap intervals")
     args = p.parse_args(argv)
     args.variants = args.variants or ["base", *MODES]
+    if args.against and not args.sources and args.against not in [parse_variant(v)[0] for v in args.variants]:
+        p.error(f"--against {args.against!r} is not one of the variants run")  # before the jobs, not after them
     return args
 
 
@@ -332,6 +399,7 @@ def main(argv=None) -> None:
          f"--prompts {args.prompts}", f"--render-steps {args.render_steps}", f"--procs {args.procs} --threads {args.threads}"]
         + ([f"--clips {args.clips}"] if args.clips else []) + [f"--clip {c}" for c in args.clip_ids or []]
         + ([f"--tune-seed {args.tune_seed}"] if args.tune_seed is not None else [])
+        + ([f"--against '{args.against}'"] if args.against else [])
         + ([] if args.variants == ["base", *MODES] else [f"--variant '{v}'" for v in args.variants]))
     text = "\n".join([
         f"# Ablation on MovingShapes ({args.split} clips)", "",
@@ -343,6 +411,7 @@ def main(argv=None) -> None:
         "Variants: " + "; ".join(f"`{v}`" for v in args.variants) + " (a bare mode name = that mode at the defaults of "
         "`motioncrafter/config.py`).", "",
         *markdown_table(table), "",
+        *paired_section(df, args.against),
         "protocol: how the reference clip is captioned when tuning (full: colour, shape, motion and background; vague: "
         "shape + motion or motion only). motion fidelity: trajectory similarity to the reference in [0, 1]; appearance "
         "acc: colour / shape / background as the prompt asks; leakage: how often an attribute the prompt changed shows "
@@ -364,9 +433,10 @@ def main_combined(args: argparse.Namespace) -> None:
     text = "\n".join([
         "# Ablation on MovingShapes (" + ", ".join(df["split"].unique()) + " clips)", "",
         "Built from stored rows (`python benchmarks/ablation.py " + " ".join(f"--from-parquet {s}" for s in args.sources)
-        + f" --out {args.out}`):", "",
+        + (f" --against '{args.against}'" if args.against else "") + f" --out {args.out}`):", "",
         *[f"- `{name}`: " + ", ".join(f"`{v}`" for v in variants) for name, variants in sources.items()], "",
         *markdown_table(table), "",
+        *paired_section(df, args.against),
     ])
     out.write_text(text)
     if df["steps"].nunique() > 1 and "vague" in set(df["protocol"]):
