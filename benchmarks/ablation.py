@@ -233,12 +233,15 @@ def paired_differences(df, reference: str, draws: int = 2000):
     A unit is one reference clip under one tuning draw (`clip`, `tune_seed`): both variants saw the
     same clip, caption and render seeds there, so the difference is taken unit by unit and the units
     resampled. An interval that contains 0 is a difference these clips cannot tell from noise (held-out
-    fidelity counts held-out motions only).
+    fidelity counts held-out motions only). The untuned base's rows do not depend on the tuning draw: they
+    pair with every draw.
     """
     import pandas as pd
 
     if reference not in set(df["variant"]):
         raise SystemExit(f"--against {reference!r}: no rows of that variant (have {sorted(set(df['variant']))})")
+    untuned = df[df["mode"] == "base"].drop_duplicates(["variant", "protocol", "steps", "clip", "prompt", "seed"])
+    df = pd.concat([df[df["mode"] != "base"], *(untuned.assign(tune_seed=s) for s in df["tune_seed"].unique())])
     units = {metric: (df[df["held_out"]] if "held-out" in metric else df)
              .groupby(["variant", "protocol", "steps", "clip", "tune_seed"])[column].mean()
              for metric, column in PAIRED_METRICS.items()}

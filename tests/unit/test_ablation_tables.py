@@ -54,7 +54,7 @@ def test_tune_seed_option_defaults_to_the_splits_own() -> None:
 
 def paired_rows(variant: str, fidelity_by_unit: dict[tuple[int, int], float], leakage: float = 0.25) -> list[dict]:
     """Two prompts per (clip, tune seed) unit, the unit's fidelity on each; clip 9 is a held-in motion."""
-    return [{**rows(variant, 0.0, 1.0)[0], "clip": clip, "tune_seed": seed, "held_out": clip != 9, "prompt": prompt,
+    return [{**rows(variant, 0.0, 1.0)[0], "clip": clip, "tune_seed": seed, "seed": 0, "held_out": clip != 9, "prompt": prompt,
              "motion_fidelity": fidelity, "leakage": leakage}
             for (clip, seed), fidelity in fidelity_by_unit.items() for prompt in ("p0", "p1")]
 
@@ -79,6 +79,9 @@ def test_paired_differences_are_taken_run_by_run_and_their_interval_sees_the_noi
     assert mean == pytest.approx(0.0) and low < -0.05 and high > 0.05  # the interval straddles 0
     assert got.loc["steady", "units (clip x draw)"] == 13  # 12 held-out runs + the held-in one (leakage counts it)
     assert "ref" not in got.index
+    base = [{**r, "mode": "base", "variant": "base", "tune_seed": 1} for r in paired_rows("base", {(c, 1): 0.3 for c in range(6)})]
+    with_base = ablation.paired_differences(pd.concat([df, pd.DataFrame(base)]), "ref").set_index("variant")
+    assert with_base.loc["base", "units (clip x draw)"] == 12  # the untuned base pairs with both draws of each clip
     with pytest.raises(SystemExit, match="no rows of that variant"):
         ablation.paired_differences(df, "nonesuch")
 
