@@ -91,6 +91,18 @@ SPLITS = {
             Reference("green", "square", "black", "spiral", (-0.02, -0.04)),
             Reference("blue", "triangle", "black", "grow", (0.03, 0.0)),
             Reference("purple", "circle", "white", "left_to_right", (0.0, 0.04)),
+            # added with sweep 32 (on 15 dev clips the leakage orderings of sitting 6's 6 test clips did not
+            # repeat: one clip's leakage runs from 0 to 0.8); `--clips 6` gives the earlier sittings' set
+            Reference("blue", "circle", "gray", "zigzag", (0.03, -0.02)),
+            Reference("yellow", "square", "white", "zigzag", (-0.04, 0.01)),
+            Reference("green", "circle", "black", "circle", (0.01, -0.03)),
+            Reference("cyan", "triangle", "white", "circle", (-0.02, 0.04)),
+            Reference("purple", "square", "black", "bounce", (0.03, 0.01)),
+            Reference("yellow", "triangle", "gray", "bounce", (-0.01, -0.04)),
+            Reference("red", "square", "black", "spiral", (0.04, 0.03)),
+            Reference("green", "triangle", "white", "spiral", (-0.03, -0.01)),
+            Reference("blue", "square", "gray", "grow", (0.02, -0.02)),
+            Reference("red", "circle", "gray", "grow", (-0.04, 0.03)),
         ],
         tune_seed=1, render_seeds=(2, 3),
     ),
