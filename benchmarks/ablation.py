@@ -27,7 +27,7 @@ Every variant trains once to the largest budget and keeps snapshots at the small
 ones (the learning rate is constant, so a snapshot after k steps is a k-step run).
 Jobs (variant x clip x protocol) run in `--procs` processes of `--threads` threads
 each, all variants interleaved, so their seconds per clip compare side by side.
-Writes <out>.md, <out>.parquet and, with several budgets, the frontier plot.
+Writes <out>.md, <out>.parquet and, with several budgets, the frontier plot (`--frontier`).
 """
 
 from __future__ import annotations
@@ -294,8 +294,10 @@ def markdown_table(table) -> list[str]:
     return lines
 
 
-def frontier_plot(table, path: Path) -> None:
+def frontier_plot(table, path: Path | None) -> None:
     """Held-out motion fidelity against leakage, one line per variant over its budgets (vague protocol)."""
+    if path is None:
+        return
     import matplotlib
 
     matplotlib.use("Agg")
@@ -339,6 +341,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--from-parquet", action="append", dest="sources", metavar="FILE[:VARIANT[=NEW_NAME],...]",
                    help="build the table from the rows of earlier runs (those variants only) instead of running jobs; "
                         "repeatable. Seconds per clip then compare only within one source")
+    p.add_argument("--frontier", default="", metavar="PATH",
+                   help="where the frontier plot goes (default: frontier.png beside --out; 'none': no plot)")
     p.add_argument("--against", metavar="VARIANT",
                    help="also table every variant's difference from this one, run by run, with 90%% bootstrap intervals")
     args = p.parse_args(argv)
@@ -346,6 +350,13 @@ def parse_args(argv=None) -> argparse.Namespace:
     if args.against and not args.sources and args.against not in [parse_variant(v)[0] for v in args.variants]:
         p.error(f"--against {args.against!r} is not one of the variants run")  # before the jobs, not after them
     return args
+
+
+def frontier_path(args: argparse.Namespace) -> Path | None:
+    """`--frontier`, else frontier.png beside `--out`; None for 'none'."""
+    if args.frontier == "none":
+        return None
+    return Path(args.frontier) if args.frontier else Path(args.out).with_name("frontier.png")
 
 
 def tune_seed(args: argparse.Namespace) -> int:
@@ -414,7 +425,7 @@ def main(argv=None) -> None:
          f"--prompts {args.prompts}", f"--render-steps {args.render_steps}", f"--procs {args.procs} --threads {args.threads}"]
         + ([f"--clips {args.clips}"] if args.clips else []) + [f"--clip {c}" for c in args.clip_ids or []]
         + ([f"--tune-seed {args.tune_seed}"] if args.tune_seed is not None else [])
-        + ([f"--against '{args.against}'"] if args.against else [])
+        + ([f"--against '{args.against}'"] if args.against else []) + ([f"--frontier {args.frontier}"] if args.frontier else [])
         + ([] if args.variants == ["base", *MODES] else [f"--variant '{v}'" for v in args.variants]))
     text = "\n".join([
         f"# Ablation on MovingShapes ({args.split} clips)", "",
@@ -435,7 +446,7 @@ def main(argv=None) -> None:
     ])
     out.write_text(text)
     if len(args.steps) > 1 and "vague" in args.protocols:
-        frontier_plot(table, out.with_name("frontier.png"))
+        frontier_plot(table, frontier_path(args))
     print(text)
 
 
@@ -448,14 +459,15 @@ def main_combined(args: argparse.Namespace) -> None:
     text = "\n".join([
         "# Ablation on MovingShapes (" + ", ".join(df["split"].unique()) + " clips)", "",
         "Built from stored rows (`python benchmarks/ablation.py " + " ".join(f"--from-parquet {s}" for s in args.sources)
-        + (f" --against '{args.against}'" if args.against else "") + f" --out {args.out}`):", "",
+        + (f" --against '{args.against}'" if args.against else "") + (f" --frontier {args.frontier}" if args.frontier else "")
+        + f" --out {args.out}`):", "",
         *[f"- `{name}`: " + ", ".join(f"`{v}`" for v in variants) for name, variants in sources.items()], "",
         *markdown_table(table), "",
         *paired_section(df, args.against),
     ])
     out.write_text(text)
     if df["steps"].nunique() > 1 and "vague" in set(df["protocol"]):
-        frontier_plot(table, out.with_name("frontier.png"))
+        frontier_plot(table, frontier_path(args))
     print(text)
 
 

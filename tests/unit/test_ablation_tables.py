@@ -90,3 +90,17 @@ def test_against_must_name_a_variant_that_runs() -> None:
     assert ablation.parse_args(["--variant", "temporal_only", "--variant", "mc=motioncrafter", "--against", "mc"]).against == "mc"
     with pytest.raises(SystemExit):
         ablation.parse_args(["--variant", "temporal_only", "--against", "motioncrafter"])
+
+
+def test_a_table_of_stored_rows_draws_its_frontier_where_asked_and_not_over_the_records(tmp_path: Path) -> None:
+    stored = tmp_path / "rows.parquet"
+    pd.DataFrame(rows("motioncrafter", 0.4, 10.0) + [{**r, "steps": 200} for r in rows("motioncrafter", 0.5, 20.0)]).to_parquet(stored)
+    out = tmp_path / "results" / "side.md"
+    out.parent.mkdir()
+    ablation.main(["--from-parquet", str(stored), "--out", str(out), "--frontier", "none"])
+    assert out.exists() and not list(out.parent.glob("*.png"))
+    ablation.main(["--from-parquet", str(stored), "--out", str(out), "--frontier", str(tmp_path / "side.png")])
+    assert (tmp_path / "side.png").stat().st_size > 0 and not (out.parent / "frontier.png").exists()
+    assert "--frontier " + str(tmp_path / "side.png") in out.read_text()  # the command that remakes it says where
+    ablation.main(["--from-parquet", str(stored), "--out", str(out)])
+    assert (out.parent / "frontier.png").exists()  # the default: beside --out
