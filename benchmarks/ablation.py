@@ -5,7 +5,7 @@
         --variant 'mc_static=motioncrafter;tune.app_loss=static'   # a sweep on the dev clips
     python benchmarks/ablation.py --protocols vague --tune-seed 2 \\
         --variant motioncrafter --variant temporal_only          # another tuning draw of the test table
-    python benchmarks/ablation.py --from-parquet a.parquet --from-parquet b.parquet \
+    python benchmarks/ablation.py --from-parquet a.parquet --from-parquet b.parquet \\
         --against motioncrafter --out t.md                         # both draws, each variant paired with the default
 
 Protocols (how the reference clip is captioned when tuning):
