@@ -263,17 +263,19 @@ def paired_differences(df, reference: str, draws: int = 2000):
         if variant == reference:
             continue
         row: dict = {"protocol": protocol, "variant": variant, "steps": int(steps)}
+        runs = {}
         for metric, means in units.items():
             try:
                 diff = (means.loc[(variant, protocol, steps)] - means.loc[(reference, protocol, steps)]).dropna().to_numpy()
             except KeyError:  # no held-out rows, or the reference did not run at this budget
                 diff = np.array([])
+            runs[metric] = len(diff)
             if len(diff):
                 low, high = np.quantile(diff[rng.integers(0, len(diff), (draws, len(diff)))].mean(axis=1), [0.05, 0.95])
                 row[metric] = f"{diff.mean():+.3f} [{low:+.3f}, {high:+.3f}]"
             else:
                 row[metric] = "-"
-        row["units (clip x draw)"] = len(diff)
+        row["units (clip x draw)"] = runs["leakage"]  # every run, held-in motions too
         table.append(row)
     return pd.DataFrame(table)
 
@@ -359,6 +361,11 @@ def frontier_path(args: argparse.Namespace) -> Path | None:
     return Path(args.frontier) if args.frontier else Path(args.out).with_name("frontier.png")
 
 
+def table_options(args: argparse.Namespace) -> list[str]:
+    """`--against` and `--frontier` as given, for the command line a table records."""
+    return ([f"--against '{args.against}'"] if args.against else []) + ([f"--frontier {args.frontier}"] if args.frontier else [])
+
+
 def tune_seed(args: argparse.Namespace) -> int:
     """Every job's tuning seed: `--tune-seed`, else the split's own."""
     return SPLITS[args.split]["tune_seed"] if args.tune_seed is None else args.tune_seed
@@ -425,7 +432,7 @@ def main(argv=None) -> None:
          f"--prompts {args.prompts}", f"--render-steps {args.render_steps}", f"--procs {args.procs} --threads {args.threads}"]
         + ([f"--clips {args.clips}"] if args.clips else []) + [f"--clip {c}" for c in args.clip_ids or []]
         + ([f"--tune-seed {args.tune_seed}"] if args.tune_seed is not None else [])
-        + ([f"--against '{args.against}'"] if args.against else []) + ([f"--frontier {args.frontier}"] if args.frontier else [])
+        + table_options(args)
         + ([] if args.variants == ["base", *MODES] else [f"--variant '{v}'" for v in args.variants]))
     text = "\n".join([
         f"# Ablation on MovingShapes ({args.split} clips)", "",
@@ -459,8 +466,7 @@ def main_combined(args: argparse.Namespace) -> None:
     text = "\n".join([
         "# Ablation on MovingShapes (" + ", ".join(df["split"].unique()) + " clips)", "",
         "Built from stored rows (`python benchmarks/ablation.py " + " ".join(f"--from-parquet {s}" for s in args.sources)
-        + (f" --against '{args.against}'" if args.against else "") + (f" --frontier {args.frontier}" if args.frontier else "")
-        + f" --out {args.out}`):", "",
+        + "".join(f" {o}" for o in table_options(args)) + f" --out {args.out}`):", "",
         *[f"- `{name}`: " + ", ".join(f"`{v}`" for v in variants) for name, variants in sources.items()], "",
         *markdown_table(table), "",
         *paired_section(df, args.against),

@@ -7,7 +7,8 @@ A round tunes the first dev clip of the ablation (vague caption) once per varian
 each (the motion adapter's steps; a spatial warm-up's come on top, as a run pays them), the variants
 in turn; a warm-up round first is not counted. Interleaving the rounds lets a slow spell of a shared
 machine hit every variant alike, and the ratio to `temporal_only` is taken round by round before its
-median: what the ablation's seconds per clip measure over a 25-minute sweep, in about six minutes. Variants are written as in the ablation (`NAME=MODE;section.key=value...`).
+median: what the ablation's seconds per clip measure over a 25-minute sweep, in about six minutes.
+Variants are written as in the ablation (`NAME=MODE;section.key=value...`).
 The goal for the default: at most 1.5x `temporal_only`'s time (README, method).
 """
 
