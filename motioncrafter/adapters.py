@@ -155,13 +155,16 @@ def lora_names(unet: nn.Module, layers: list | None = None) -> set[str]:
     return {name for layer in (tuner_layers(unet) if layers is None else layers) for name in getattr(layer, "lora_A", {})}
 
 
-def inject_lora(unet: nn.Module, name: str, targets: list[str], rank: int, alpha: float) -> dict:
-    """Attach a fresh LoRA adapter `name` to the exact layers `targets`; returns its LoraConfig kwargs."""
+def inject_lora(unet: nn.Module, name: str, targets: list[str], rank: int, alpha: float, dropout: float = 0.0) -> dict:
+    """Attach a fresh LoRA adapter `name` to the exact layers `targets`; returns its LoraConfig kwargs.
+
+    `dropout`: peft's LoRA dropout on the adapter's input, active in train mode only.
+    """
     from peft import LoraConfig, inject_adapter_in_model
 
     if not targets:
         raise AdapterError(f"adapter {name!r}: no target layers")
-    config = {"r": rank, "lora_alpha": alpha, "target_modules": sorted(targets), "init_lora_weights": True}
+    config = {"r": rank, "lora_alpha": alpha, "target_modules": sorted(targets), "init_lora_weights": True, "lora_dropout": dropout}
     with warnings.catch_warnings():
         # several named adapters on one model is the point here (motion + spatial path, hot-swapping)
         warnings.filterwarnings("ignore", message="Already found a `peft_config` attribute")

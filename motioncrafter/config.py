@@ -138,12 +138,14 @@ class AdapterConfig:
     alpha: float = 0.0  # LoRA alpha (scale = alpha / rank); 0 = the rank (scale 1)
     spatial_rank: int = 8  # LoRA rank of the spatial path (discarded after tuning)
     targets: str = "all"  # temporal LoRA layers: all (attention, feed-forward, temporal convs) | qkvo | qk (attention only)
+    dropout: float = 0.0  # LoRA dropout of the tuning LoRAs (motion adapter and spatial path), on while tuning only; MotionDirector publishes 0.1
 
     def __post_init__(self) -> None:
         _check(self.kind in ("lora", "full"), "adapter.kind", f"{self.kind!r} is not lora or full")
         _check(self.rank >= 0 and self.spatial_rank >= 1, "adapter.rank", "ranks must be >= 1 (adapter.rank 0: the mode's own)")
         _check(self.alpha >= 0, "adapter.alpha", f"must be >= 0 (0: the rank), got {self.alpha}")
         _check(self.targets in LORA_TARGETS, "adapter.targets", f"{self.targets!r} is not one of {LORA_TARGETS}")
+        _check(0 <= self.dropout < 1, "adapter.dropout", f"must be in [0, 1), got {self.dropout}")
 
 
 def _check_range(value: list[float], where: str) -> None:

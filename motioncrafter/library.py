@@ -342,7 +342,7 @@ def peft_config(meta: dict) -> dict:
         "r": int(lora["r"]),
         "lora_alpha": lora["lora_alpha"],
         "target_modules": sorted(lora["target_modules"]),
-        "lora_dropout": 0.0,
+        "lora_dropout": lora.get("lora_dropout", 0.0),  # what it was tuned with; peft applies it in train mode only
         "bias": "none",
         "init_lora_weights": True,
         "use_rslora": False,
