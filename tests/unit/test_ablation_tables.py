@@ -52,10 +52,11 @@ def test_tune_seed_option_defaults_to_the_splits_own() -> None:
     assert ablation.tune_seed(ablation.parse_args(["--split", "dev", "--tune-seed", "2"])) == 2
 
 
-def paired_rows(variant: str, fidelity_by_unit: dict[tuple[int, int], float], leakage: float = 0.25) -> list[dict]:
-    """Two prompts per (clip, tune seed) unit, the unit's fidelity on each; clip 9 is a held-in motion."""
+def paired_rows(variant: str, fidelity_by_unit: dict[tuple[int, int], float], leakage: float = 0.25, diversity: float = 0.1) -> list[dict]:
+    """Two prompts per (clip, tune seed) unit, the unit's fidelity on each; clip 9 is a held-in motion.
+    Diversity is on one row of the two only, as a run's rows carry it (one per prompt, not per seed)."""
     return [{**rows(variant, 0.0, 1.0)[0], "clip": clip, "tune_seed": seed, "seed": 0, "held_out": clip != 9, "prompt": prompt,
-             "motion_fidelity": fidelity, "leakage": leakage}
+             "motion_fidelity": fidelity, "leakage": leakage, "diversity": diversity if prompt == "p0" else float("nan")}
             for (clip, seed), fidelity in fidelity_by_unit.items() for prompt in ("p0", "p1")]
 
 
@@ -69,12 +70,13 @@ def test_paired_differences_are_taken_run_by_run_and_their_interval_sees_the_noi
     reference = {u: 0.3 + 0.05 * u[0] for u in units}  # clips differ far more than the variants do
     steady = {u: v + 0.02 for u, v in reference.items()}  # 0.02 better on every run: a real difference
     noisy = {u: v + (0.2 if u[0] % 2 else -0.2) for u, v in reference.items()}  # mean 0, run to run +-0.2
-    df = pd.DataFrame(paired_rows("ref", reference) + paired_rows("steady", steady, leakage=0.15) + paired_rows("noisy", noisy)
-                      + paired_rows("ref", {(9, 1): 0.0}) + paired_rows("steady", {(9, 1): 1.0}, leakage=0.15))  # held-in: not in fidelity
+    df = pd.DataFrame(paired_rows("ref", reference) + paired_rows("steady", steady, leakage=0.15, diversity=0.13) + paired_rows("noisy", noisy)
+                      + paired_rows("ref", {(9, 1): 0.0}) + paired_rows("steady", {(9, 1): 1.0}, leakage=0.15, diversity=0.13))  # held-in: not in fidelity
     got = ablation.paired_differences(df, "ref").set_index("variant")
     mean, low, high = interval(got.loc["steady", "motion fidelity (held-out)"])
     assert mean == pytest.approx(0.02) and low == pytest.approx(0.02) and high == pytest.approx(0.02)
     assert got.loc["steady", "leakage"] == "-0.100 [-0.100, -0.100]"
+    assert got.loc["steady", "diversity"] == "+0.030 [+0.030, +0.030]"  # the rows without it do not count as 0
     mean, low, high = interval(got.loc["noisy", "motion fidelity (held-out)"])
     assert mean == pytest.approx(0.0) and low < -0.05 and high > 0.05  # the interval straddles 0
     assert got.loc["steady", "units (clip x draw)"] == 13  # 12 held-out runs + the held-in one (leakage counts it)

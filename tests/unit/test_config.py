@@ -136,6 +136,8 @@ def test_section_that_is_not_a_table(tmp_path):
         ("adapter.kind=dora", "adapter.kind"),
         ("adapter.rank=-1", "adapter.rank"),
         ("adapter.alpha=-1", "adapter.alpha"),
+        ("adapter.dropout=1", "adapter.dropout"),
+        ("adapter.dropout=-0.1", "adapter.dropout"),
         ("render.scheduler=euler", "render.scheduler"),
         ("render.num_steps=0", "render.num_steps"),
         ("model.dtype=int8", "model.dtype"),

@@ -446,3 +446,42 @@ def test_spatial_freeze_runs_one_unet_call_per_motion_step(bases, clip, mc, monk
     mc.assert_same_state(base.unet, before)
     assert not ad.tuner_layers(base.unet)
     assert {_lora_layer(k) for k in result.adapter.tensors} == set(lora_targets(base.unet, "temporal"))
+
+
+def test_lora_dropout_drops_while_tuning_only(bases, clip, mc, monkeypatch):
+    """`adapter.dropout` puts peft's dropout on both tuning LoRAs' inputs while tuning (the same masks for
+    the same seed), is recorded in the adapter's LoraConfig, and is not there when the adapter is loaded."""
+    from torch import nn
+
+    from motioncrafter import trainer
+    from motioncrafter.library import peft_config
+
+    base = bases["animatediff"]
+    seen: dict[str, set] = {}
+    real = trainer._Step.__call__
+
+    def spy(self, x0, text):
+        for layer in self.branches.layers:
+            for name, module in layer.lora_dropout.items():
+                seen.setdefault(name, set()).add(module.p if isinstance(module, nn.Dropout) else None)
+        return real(self, x0, text)
+
+    monkeypatch.setattr(trainer._Step, "__call__", spy)
+
+    def run(dropout):
+        return tune_clip(base, clip.frames, clip.caption, mc.tune_cfg(steps=2, log_every=1), AdapterConfig(dropout=dropout)).adapter
+
+    dropped, again = run(0.5), run(0.5)
+    assert seen == {trainer.MOTION: {0.5}, trainer.SPATIAL: {0.5}}
+    assert mc.as_bytes(dropped.tensors) == mc.as_bytes(again.tensors)  # seeded masks
+    plain = run(0.0)
+    assert mc.as_bytes(plain.tensors) != mc.as_bytes(dropped.tensors)  # the masks changed what was learned
+    assert dropped.meta["lora"]["lora_dropout"] == peft_config(dropped.meta)["lora_dropout"] == 0.5
+    assert plain.meta["lora"]["lora_dropout"] == 0.0
+
+    ad.attach(base, dropped, "motion")
+    try:
+        loaded = [layer for layer in ad.tuner_layers(base.unet) if "motion" in layer.lora_dropout]
+        assert loaded and all(isinstance(layer.lora_dropout["motion"], nn.Identity) for layer in loaded)
+    finally:
+        ad.detach(base, "motion")
