@@ -128,7 +128,7 @@ class EnhanceConfig:
 MODES = tuple(_MODES)
 LORA_TARGETS = ("all", "qkvo", "qk")
 APP_LOSSES = ("output", "static", "stats")
-AUGMENTS = ("none", "channels", "colour")
+AUGMENTS = ("none", "channels", "colour", "shift")
 
 
 @dataclass
@@ -174,8 +174,8 @@ class TuneConfig:
     spatial_warmup: int = 0  # steps that tune the spatial LoRA alone (its one-frame pass) before the `steps` that tune the motion adapter; 100, frozen, at spatial_lr 3e-3: 0.10 less leakage than the default on the test clips, 0.05 less motion (README, method)
     spatial_freeze: bool = False  # after the warm-up the spatial LoRA stays as it is, folded into the weights: no more one-frame passes
     num_frames: int = 8  # frames of the clip the adapter learns from
-    augment: str = "none"  # none | channels: a sample is the clip in one of its 6 RGB channel orders | colour: those and their negatives (12); off: it cost the motion (dev sweeps 23-24)
-    augment_share: float = 1.0  # share of the samples drawn from the colour views (the original among them); the rest see the clip as it is
+    augment: str = "none"  # none | channels: a sample is the clip in one of its 6 RGB channel orders | colour: those and their negatives (12); off: they cost the motion (dev sweeps 23-24) | shift: the clip moved by 1/8 of its size in one of 8 directions (9 views)
+    augment_share: float = 1.0  # share of the samples drawn from the views (the original among them); the rest see the clip as it is
     batch: int = 1  # noise draws of the clip per step and rank
     gradient_checkpointing: bool = False  # recompute UNet block activations in backward: less memory, more time
     grad_clip: float = 1.0  # max gradient norm; 0 disables clipping

@@ -22,9 +22,9 @@ does not have to); it is thrown away after tuning. For L_app the frozen base is
 the same UNet with its adapters switched off (LoRA), or a frozen copy of the
 UNet when the temporal branch is tuned in full.
 
-`tune.augment` shows each step the clip in one of its colour views (`colour_views`):
-the same motion in other colours, so the look is not there to learn (off: on the dev
-clips it cost the motion as well).
+`tune.augment` shows each step the clip in one of its views (`clip_views`): the same
+motion in other colours, so the look is not there to learn (off: on the dev clips it
+cost the motion as well), or moved elsewhere in the frame, so its place is not.
 
 `tune.spatial_warmup` tunes the spatial LoRA alone for that many steps first, so the
 clip's look is taken up before the motion adapter starts learning; `tune.spatial_freeze`
@@ -89,19 +89,30 @@ def _frame_indices(frames: np.ndarray, num_frames: int) -> np.ndarray:
     return np.linspace(0, len(frames) - 1, num_frames).round().astype(int)
 
 
-def colour_views(frames: np.ndarray, augment: str) -> np.ndarray:
-    """The clip (T, H, W, 3) in other colours, the original first: (V, T, H, W, 3).
+def clip_views(frames: np.ndarray, augment: str) -> np.ndarray:
+    """The clip (T, H, W, 3) as `tune.augment` shows it, the original first: (V, T, H, W, 3).
 
     `channels`: its 6 RGB channel orders (hue moves, grays stay); `colour`: those and
-    their negatives (255 - x: dark and light swap, so backgrounds move too). Every view
-    has the clip's exact motion in other colours (a colour with two equal channels has
-    fewer distinct orders: views may repeat), so the look the prompt leaves out is not
-    there to memorize. On MovingShapes it cost the motion too (dev sweeps 23-24).
+    their negatives (255 - x: dark and light swap, so backgrounds move too). Every colour
+    view has the clip's exact motion in other colours (a colour with two equal channels
+    has fewer distinct orders: views may repeat), so the look the prompt leaves out is
+    not there to memorize. On MovingShapes it cost the motion too (dev sweeps 23-24).
+
+    `shift`: the clip moved by an eighth of its size in each of the 8 directions, its
+    edge pixels repeated into the uncovered border: the same motion starting elsewhere,
+    so where the clip's object stands is not there to memorize (motion fidelity does not
+    ask for it, and seeds that all start where the clip did are less diverse).
     """
     if augment not in AUGMENTS:
         raise ValueError(f"unknown augmentation {augment!r}; expected one of {AUGMENTS}")
     if augment == "none":
         return frames[None]
+    if augment == "shift":
+        s = max(1, min(frames.shape[1:3]) // 8)
+        height, width = frames.shape[1:3]
+        padded = np.pad(frames, ((0, 0), (s, s), (s, s), (0, 0)), mode="edge")
+        offsets = [(0, 0)] + [(dy, dx) for dy in (-s, 0, s) for dx in (-s, 0, s) if (dy, dx) != (0, 0)]
+        return np.stack([padded[:, s - dy:s - dy + height, s - dx:s - dx + width] for dy, dx in offsets])
     views = [frames[..., list(order)] for order in itertools.permutations(range(3))]
     if augment == "colour":
         views += [255 - v for v in views]
@@ -242,7 +253,7 @@ def tune_clip(
 
     `latents`: the clip's latents (C, T, h, w) as `base.encode_frames` gives them (the
     pipeline caches them at ingest); with them the VAE does not run again here, unless
-    `tune.augment` asks for the clip in other colours (`colour_views`), which it encodes.
+    `tune.augment` asks for other views of the clip (`clip_views`), which it encodes.
 
     `snapshot_at`: step counts after which a copy of the adapter is kept too
     (`TuneResult.snapshots`); the learning rate is constant after its warm-up, so the
@@ -268,8 +279,8 @@ def tune_clip(
     unet = base.unet
     was_training = unet.training
     with torch.no_grad():
-        if tune.augment != "none":  # every colour view, encoded once; each step draws one per sample
-            x0 = base.encode_frames(colour_views(frames, tune.augment)).float()
+        if tune.augment != "none":  # every view, encoded once; each step draws one per sample
+            x0 = base.encode_frames(clip_views(frames, tune.augment)).float()
         else:
             x0 = base.encode_frames(frames[None]) if latents is None else torch.as_tensor(latents, device=base.device)[None, :, idx]
             x0 = x0.float().repeat(tune.batch, 1, 1, 1, 1)  # noise, targets and losses in float32 whatever the base
@@ -350,7 +361,7 @@ class _Step:
         self.stats = losses.SpatialStats(*unets) if self.use_app and tune.app_loss == "stats" else None
 
     def _views(self, x0: torch.Tensor, batch: int) -> torch.Tensor:
-        """With `tune.augment`, x0 holds the clip's colour views, the original first: one per sample."""
+        """With `tune.augment`, x0 holds the clip's views, the original first: one per sample."""
         if self.tune.augment == "none":
             return x0
         pick = torch.randint(0, len(x0), (batch,), generator=self.gen)

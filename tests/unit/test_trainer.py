@@ -12,7 +12,7 @@ from motioncrafter import losses
 from motioncrafter.branches import branch_parameters, lora_targets
 from motioncrafter.config import AdapterConfig
 from motioncrafter.modes import MODES
-from motioncrafter.trainer import clip_hash, colour_views, tune_clip
+from motioncrafter.trainer import clip_hash, clip_views, tune_clip
 
 pytestmark = pytest.mark.filterwarnings(
     "ignore:Already found a `peft_config` attribute",
@@ -199,10 +199,10 @@ def _moving_pixels(video: np.ndarray) -> np.ndarray:
     return (np.diff(video.astype(np.int16), axis=0) != 0).any(-1)
 
 
-def test_colour_views_keep_the_motion_and_change_the_colours(clip):
+def test_clip_views_keep_the_motion_and_change_the_colours(clip):
     frames = clip.frames  # a red circle on a black background
-    assert colour_views(frames, "none").shape == (1, *frames.shape)
-    channels, colour = colour_views(frames, "channels"), colour_views(frames, "colour")
+    assert clip_views(frames, "none").shape == (1, *frames.shape)
+    channels, colour = clip_views(frames, "channels"), clip_views(frames, "colour")
     assert channels.shape == (6, *frames.shape) and colour.shape == (12, *frames.shape)
     np.testing.assert_array_equal(colour[0], frames)  # the original comes first
     np.testing.assert_array_equal(colour[:6], channels)
@@ -218,14 +218,14 @@ def test_colour_views_keep_the_motion_and_change_the_colours(clip):
     corner = {tuple(v[0, 0, 0]) for v in colour}
     assert tuple(frames[0, 0, 0]) in corner and tuple(255 - frames[0, 0, 0]) in corner
     with pytest.raises(ValueError, match="unknown augmentation 'hue'"):
-        colour_views(frames, "hue")
+        clip_views(frames, "hue")
 
 
 def test_augment_draws_a_colour_view_per_step(bases, clip, mc, monkeypatch):
     """With tune.augment each step's clean latents are one of the clip's encoded colour views, not always the same."""
     base = bases["unet3d"]
     with torch.no_grad():
-        views = base.encode_frames(colour_views(clip.frames, "colour")).float()
+        views = base.encode_frames(clip_views(clip.frames, "colour")).float()
     seen = []
     real = losses.add_noise
 
@@ -485,3 +485,20 @@ def test_lora_dropout_drops_while_tuning_only(bases, clip, mc, monkeypatch):
         assert loaded and all(isinstance(layer.lora_dropout["motion"], nn.Identity) for layer in loaded)
     finally:
         ad.detach(base, "motion")
+
+
+def test_shift_views_move_the_clip_and_keep_its_motion(clip):
+    frames = clip.frames  # a red circle on a black background, 32 x 32
+    views = clip_views(frames, "shift")
+    assert views.shape == (9, *frames.shape)
+    np.testing.assert_array_equal(views[0], frames)  # the original comes first
+    assert len({v.tobytes() for v in views}) == 9
+    red = lambda v: np.argwhere((v == (230, 30, 30)).all(-1))  # noqa: E731  the circle's pixels, (t, y, x)
+    start = red(frames)
+    for view in views[1:]:
+        moved = red(view)
+        shift = moved[:, 1:].mean(0) - start[:, 1:].mean(0)
+        assert np.abs(shift).max() == pytest.approx(4, abs=0.5) and set(np.round(np.abs(shift))) <= {0.0, 4.0}
+        # every frame moved alike: the motion frame to frame is the clip's
+        per_frame = [red(view[t])[:, :2].mean(0) - red(frames[t])[:, :2].mean(0) for t in range(len(frames))]
+        np.testing.assert_allclose(per_frame, [per_frame[0]] * len(frames), atol=0.5)
