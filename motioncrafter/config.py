@@ -138,7 +138,7 @@ class AdapterConfig:
     alpha: float = 0.0  # LoRA alpha (scale = alpha / rank); 0 = the rank (scale 1)
     spatial_rank: int = 8  # LoRA rank of the spatial path (discarded after tuning)
     targets: str = "all"  # temporal LoRA layers: all (attention, feed-forward, temporal convs) | qkvo | qk (attention only)
-    dropout: float = 0.0  # LoRA dropout of the tuning LoRAs (motion adapter and spatial path), on while tuning only; MotionDirector publishes 0.1
+    dropout: float = 0.0  # LoRA dropout of the tuning LoRAs (motion adapter and spatial path), on while tuning only; MotionDirector publishes 0.1; off: 0.1 / 0.3 cost motion on the dev clips (sweep 34)
 
     def __post_init__(self) -> None:
         _check(self.kind in ("lora", "full"), "adapter.kind", f"{self.kind!r} is not lora or full")
@@ -174,7 +174,7 @@ class TuneConfig:
     spatial_warmup: int = 0  # steps that tune the spatial LoRA alone (its one-frame pass) before the `steps` that tune the motion adapter; 100, frozen, at spatial_lr 3e-3: 0.10 less leakage than the default on the test clips, 0.05 less motion (README, method)
     spatial_freeze: bool = False  # after the warm-up the spatial LoRA stays as it is, folded into the weights: no more one-frame passes
     num_frames: int = 8  # frames of the clip the adapter learns from
-    augment: str = "none"  # none | channels: a sample is the clip in one of its 6 RGB channel orders | colour: those and their negatives (12); off: they cost the motion (dev sweeps 23-24) | shift: the clip moved by 1/8 of its size in one of 8 directions (9 views)
+    augment: str = "none"  # none | channels: a sample is the clip in one of its 6 RGB channel orders | colour: those and their negatives (12); off: they cost the motion (dev sweeps 23-24) | shift: the clip moved by 1/8 of its size in one of 8 directions (9 views); off: more diversity, a third less motion (sweep 35)
     augment_share: float = 1.0  # share of the samples drawn from the views (the original among them); the rest see the clip as it is
     batch: int = 1  # noise draws of the clip per step and rank
     gradient_checkpointing: bool = False  # recompute UNet block activations in backward: less memory, more time
