@@ -256,8 +256,11 @@ def attach(base, adapter: Adapter, name: str = "motion", scale: float = 1.0, che
     config = adapter.meta.get("lora")
     if not config:
         raise AdapterError(f"{name}: LoRA adapter without its 'lora' config in the metadata")
+    # what the injected layers are made of; the rest of the config (lora_dropout, init) is how it was tuned,
+    # and an adapter that differs only there hot-swaps too
+    layers = {key: config[key] for key in ("r", "lora_alpha", "target_modules")}
     loaded = getattr(unet, "_mc_lora_configs", {})
-    if loaded.get(name) != config:
+    if loaded.get(name) != layers:
         if name in lora_names(unet):
             delete_lora(unet, name)
         modules = dict(unet.named_modules())
@@ -265,7 +268,7 @@ def attach(base, adapter: Adapter, name: str = "motion", scale: float = 1.0, che
         if missing:
             raise AdapterError(f"{name}: the base has no layers {missing[:3]}... that the adapter targets")
         inject_lora(unet, name, config["target_modules"], config["r"], config["lora_alpha"])
-        loaded[name] = config
+        loaded[name] = layers
         unet._mc_lora_configs = loaded
     result = set_peft_model_state_dict(unet, adapter.tensors, adapter_name=name)
     unexpected = getattr(result, "unexpected_keys", [])

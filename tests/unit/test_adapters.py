@@ -216,6 +216,12 @@ def test_hot_swap_copies_weights_only(fresh_base, tuned, family, mc):
     attach(base, a)
     assert torch.allclose(mc.unet_out(base, inputs), out_a, rtol=0, atol=1e-6)
 
+    # tuned with another LoRA dropout, or from before the config recorded it: the same layers, a hot-swap too
+    for lora in ({**b.meta["lora"], "lora_dropout": 0.1}, {k: v for k, v in b.meta["lora"].items() if k != "lora_dropout"}):
+        attach(base, Adapter(b.tensors, {**b.meta, "lora": lora}))
+        assert _layer_ids(base.unet) == ids
+        assert torch.allclose(mc.unet_out(base, inputs), out_b, rtol=0, atol=1e-6)
+
 
 def test_hot_swap_with_other_rank_reinjects(fresh_base, tuned, family, mc):
     a, small = tuned(family, seed=0).adapter, tuned(family, seed=0, rank=4).adapter
