@@ -109,8 +109,8 @@ def clip_views(frames: np.ndarray, augment: str) -> np.ndarray:
     if augment == "none":
         return frames[None]
     if augment == "shift":
-        s = max(1, min(frames.shape[1:3]) // 8)
         height, width = frames.shape[1:3]
+        s = max(1, min(height, width) // 8)
         padded = np.pad(frames, ((0, 0), (s, s), (s, s), (0, 0)), mode="edge")
         offsets = [(0, 0)] + [(dy, dx) for dy in (-s, 0, s) for dx in (-s, 0, s) if (dy, dx) != (0, 0)]
         return np.stack([padded[:, s - dy:s - dy + height, s - dx:s - dx + width] for dy, dx in offsets])
