@@ -147,6 +147,8 @@ class _Branches:
         self.original = {n: p.detach().clone() for n, p in self.groups[MOTION].items()} if self.kind == "full" else {}
         self.folded: dict[str, torch.Tensor] = {}  # weight name -> its value before `fold_spatial`
         self.layers = ad.tuner_layers(unet) if self.lora else []  # found once: `forward` switches on every pass
+        self.tuned: set[str] = set()  # the groups some pass of the current step tunes (`forward`'s `train`)
+        self.agree_across_ranks = tcfg.engine == "deepspeed" and _rank_and_world()[1] > 1
 
     def param_groups(self, tcfg: TuneConfig, only: list[str] | None = None) -> list[dict]:
         """The optimizer's groups: every trainable group, or `only` these."""
@@ -161,21 +163,38 @@ class _Branches:
     def forward(self, active: list[str], train: list[str], x, t, text) -> torch.Tensor:
         """UNet prediction with only `active` adapters on and only the groups in `train` receiving gradients."""
         ad.switch(self.layers, active)
-        for group, params in self.groups.items():
-            for p in params.values():
-                p.requires_grad_(group in train)
+        self.tuned.update(train)
+        self.set_trainable(train)
         return self.base.predict(x, t, text)
 
     def enable_grads(self) -> None:
-        """Turn every group's requires_grad back on before backward.
+        """Before backward: requires_grad on for the groups this step's passes tune, off for the rest.
 
         Which group a loss term reaches is fixed when `forward` records its graph, but
         autograd skips a leaf whose requires_grad is off at backward time: a group switched
-        off by a later forward pass would silently get no gradient at all.
+        off by a later forward pass would silently get no gradient at all. A group no pass
+        tuned (the spatial LoRA between `spatial_every` steps, or masked) stays off, so that
+        DeepSpeed skips it as torch's AdamW skips a parameter without a gradient: DeepSpeed
+        gives every trainable parameter without one a zero gradient, and Adam's momentum
+        would move it on a step that does not tune it. That holds at ZeRO stage 0 (tested);
+        stages 1-3 step each group's flat buffer whole, zero-filled where no gradient came
+        (DeepSpeed's `set_none_gradients_to_zero`), so there it still moves. Ranks must reduce
+        the same parameters, so under DeepSpeed a group is on where any rank tuned it.
         """
-        for params in self.groups.values():
+        tuned = self.tuned
+        if self.agree_across_ranks:
+            flags = torch.tensor([float(g in tuned) for g in self.groups], device=self.base.device)  # nccl: on the GPU
+            torch.distributed.all_reduce(flags, op=torch.distributed.ReduceOp.MAX)
+            tuned = {g for g, flag in zip(self.groups, flags.tolist()) if flag}
+        self.set_trainable(tuned)
+
+    def set_trainable(self, groups) -> None:
+        for group, params in self.groups.items():
             for p in params.values():
-                p.requires_grad_(True)
+                p.requires_grad_(group in groups)
+
+    def new_step(self) -> None:
+        self.tuned = set()
 
     @torch.no_grad()
     def base_forward(self, x, t, text) -> torch.Tensor:
@@ -308,10 +327,12 @@ def tune_clip(
             for steps, loss_terms, groups in phases:
                 if steps.start == 0 and tune.spatial_freeze:
                     branches.fold_spatial()
+                branches.set_trainable(groups or branches.groups)  # ZeRO's optimizer keeps what requires grad when made
                 engine = make_engine(unet, branches.param_groups(tune, groups), tune, base.dtype)
                 try:
                     with dtype_read_once(unet):  # the engine has cast what it trains: no dtype moves from here
                         for step in steps:
+                            branches.new_step()
                             parts = loss_terms(x0, text)
                             loss = sum(v * (tune.lambda_app if k == "app" else 1.0) for k, v in parts.items())
                             branches.enable_grads()

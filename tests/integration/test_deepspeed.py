@@ -66,9 +66,11 @@ def test_single_process_deepspeed_matches_torch_engine_shape():
 
     base = debug_base("unet3d")
     clip = render(ClipSpec("blue", "square", "white", "circle"))
-    # the default, and a spatial warm-up frozen after it (its own optimizer: the motion adapter's Adam
-    # starts afresh on both engines, so its bias correction counts its own steps)
-    for cfg, stage in [(TuneConfig(steps=2, progress=False), 0), (TuneConfig(steps=3, progress=False, spatial_warmup=2, spatial_freeze=True), 2)]:
+    # the default; the spatial path tuned on every other step (on the steps between, DeepSpeed must not move it
+    # as torch's AdamW does not); a spatial warm-up frozen after it (its own optimizer: the motion adapter's
+    # Adam starts afresh on both engines, so its bias correction counts its own steps)
+    for cfg, stage in [(TuneConfig(steps=2, progress=False), 0), (TuneConfig(steps=4, progress=False, spatial_every=2), 0),
+                       (TuneConfig(steps=3, progress=False, spatial_warmup=2, spatial_freeze=True), 2)]:
         plain = tune_clip(base, clip.frames, clip.caption, cfg)
         ds = tune_clip(base, clip.frames, clip.caption, replace(cfg, engine="deepspeed", zero_stage=stage))
         assert plain.adapter.tensors.keys() == ds.adapter.tensors.keys()
