@@ -46,7 +46,7 @@ import hashlib
 import itertools
 import random
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from dataclasses import asdict, dataclass, field, replace
 
 import numpy as np
@@ -188,7 +188,8 @@ class _Branches:
             tuned = {g for g, flag in zip(self.groups, flags.tolist()) if flag}
         self.set_trainable(tuned)
 
-    def set_trainable(self, groups) -> None:
+    def set_trainable(self, groups: Collection[str]) -> None:
+        """requires_grad on for the parameters of `groups`, off for every other group's."""
         for group, params in self.groups.items():
             for p in params.values():
                 p.requires_grad_(group in groups)
