@@ -120,10 +120,16 @@ def reference_caption(ref: Reference, level: str) -> tuple[str, str]:
     return f"{subject} {MOTIONS[ref.motion]}", subject
 
 
-def eval_prompts(ref: Reference, count: int) -> list[str]:
-    """Prompts that change colour, shape and/or background of the reference, keeping its motion."""
+def eval_prompts(ref: Reference, count: int, look: str = "changed") -> list[str]:
+    """Prompts that change colour, shape and/or background of the reference, keeping its motion.
+
+    look "own": the reference's own full caption alone, whatever `count`: what motion the adapter holds
+    when nothing about the look has to change (a diagnostic; leakage is then undefined).
+    """
     from motioncrafter.toyworld.world import BACKGROUNDS, COLOURS, SHAPES, caption
 
+    if look == "own":
+        return [caption(ref.colour, ref.shape, ref.motion, ref.background)]
     other = lambda options, value, k: [o for o in options if o != value][k % (len(options) - 1)]  # noqa: E731
     c, s, b = ref.colour, ref.shape, ref.background
     variants = [
@@ -185,7 +191,7 @@ def run_job(variant: str, split: str, clip_index: int, level: str, args: argpars
     if mode != "base":
         result = tune_clip(_BASE, clip.frames, caption, tune, cfg.adapter, cfg.enhance, subject=subject, snapshot_at=tuple(budgets))
         adapters = {**result.snapshots, budgets[-1]: result.adapter}
-    prompts = eval_prompts(ref, args.prompts)
+    prompts = eval_prompts(ref, args.prompts, args.look)
     pairs = [(p, s) for p in prompts for s in setup["render_seeds"]]
     truth = {"colour": ref.colour, "shape": ref.shape, "background": ref.background}
     rows = []
@@ -337,6 +343,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--clip", type=int, action="append", dest="clip_ids", help="only this clip of the split (repeatable)")
     p.add_argument("--prompts", type=int, default=4)
     p.add_argument("--steps", type=int, nargs="+", default=[100, 200, 400], help="tuning budgets (one run, snapshots)")
+    p.add_argument("--look", choices=("changed", "own"), default="changed",
+                   help="changed: the evaluation prompts ask for other looks (the table); own: the clip's own full caption "
+                        "only, to see how much motion an adapter holds when its look need not change")
     p.add_argument("--render-steps", type=int, default=25)
     p.add_argument("--tune-seed", type=int, default=None,
                    help="the tuning seed of every job (default: the split's own); another draw of the same table")
@@ -434,14 +443,14 @@ def main(argv=None) -> None:
     df.to_parquet(out.with_suffix(".parquet"))
     command = "python benchmarks/ablation.py " + " ".join(
         [f"--split {args.split}", "--protocols " + " ".join(args.protocols), "--steps " + " ".join(map(str, args.steps)),
-         f"--prompts {args.prompts}", f"--render-steps {args.render_steps}", f"--procs {args.procs} --threads {args.threads}"]
+         f"--prompts {args.prompts}"] + ([f"--look {args.look}"] if args.look != "changed" else []) + [f"--render-steps {args.render_steps}", f"--procs {args.procs} --threads {args.threads}"]
         + ([f"--clips {args.clips}"] if args.clips else []) + [f"--clip {c}" for c in args.clip_ids or []]
         + ([f"--tune-seed {args.tune_seed}"] if args.tune_seed is not None else [])
         + table_options(args)
         + ([] if args.variants == ["base", *MODES] else [f"--variant '{v}'" for v in args.variants]))
     text = "\n".join([
         f"# Ablation on MovingShapes ({args.split} clips)", "",
-        f"{len(selected_clips(args))} reference clips x {args.prompts} evaluation prompts x "
+        f"{len(selected_clips(args))} reference clips x {args.prompts if args.look == 'changed' else 1} evaluation prompts ({args.look} look) x "
         f"{len(SPLITS[args.split]['render_seeds'])} seeds, budgets {args.steps} tuning steps, DDIM {args.render_steps} "
         f"steps, guidance 4, tuning seed {tune_seed(args)}. "
         f"Wall time {wall / 60:.1f} min on this machine ({args.procs} processes x {args.threads} threads).",

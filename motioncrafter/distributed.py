@@ -85,6 +85,38 @@ def ds_config(cfg: TuneConfig, world_size: int, dtype: torch.dtype = torch.float
     }
 
 
+class _AdamWOverTunedGroups(torch.optim.AdamW):
+    """torch's AdamW that leaves a group alone on a step that did not tune it.
+
+    The trainer switches requires_grad off for a group no pass of the step tuned (the
+    spatial LoRA between `spatial_every` steps, MotionDirector's masked steps), which is
+    all torch's AdamW needs to skip it. ZeRO 1-3 hand this optimizer flat float32 copies
+    of each group instead, with a gradient zero-filled where none came, so Adam's
+    momentum would move the group; the model's own parameters, kept here per group
+    before ZeRO swaps in its copies, still say which groups were tuned. Kept by the
+    group's identity: ZeRO edits each group in place but steps them one at a time,
+    `param_groups` then a list of that group alone.
+    """
+
+    def __init__(self, param_groups: list[dict], **kwargs):
+        super().__init__(param_groups, **kwargs)
+        self.model_params = {id(group): list(group["params"]) for group in self.param_groups}
+
+    @torch.no_grad()
+    def step(self, closure=None):
+        # the untuned groups step with no parameters; their gradient buffers are left as they are
+        # (with offload ZeRO keeps them for the next step's copies)
+        untuned = [(group, group["params"]) for group in self.param_groups
+                   if not any(p.requires_grad for p in self.model_params[id(group)])]
+        for group, _ in untuned:
+            group["params"] = []
+        try:
+            return super().step(closure)
+        finally:
+            for group, params in untuned:
+                group["params"] = params
+
+
 class DeepSpeedEngine:
     """`deepspeed.initialize` around the UNet, with a torch AdamW over the trainable groups."""
 
@@ -93,7 +125,7 @@ class DeepSpeedEngine:
         deepspeed = _import_deepspeed(device.type)
         init_distributed(device.type)
         self.model, self.stage = model, cfg.zero_stage
-        optimizer = torch.optim.AdamW(param_groups, weight_decay=cfg.weight_decay)
+        optimizer = _AdamWOverTunedGroups(param_groups, weight_decay=cfg.weight_decay)
         # on a GPU the engine keeps the model on the one it is on (pipelines.devices chose it), not cuda:LOCAL_RANK
         args = types.SimpleNamespace(device_rank=device.index or 0) if device.type == "cuda" else None
         self.engine, *_ = deepspeed.initialize(

@@ -174,12 +174,11 @@ class _Branches:
         autograd skips a leaf whose requires_grad is off at backward time: a group switched
         off by a later forward pass would silently get no gradient at all. A group no pass
         tuned (the spatial LoRA between `spatial_every` steps, or masked) stays off, so that
-        DeepSpeed skips it as torch's AdamW skips a parameter without a gradient: DeepSpeed
-        gives every trainable parameter without one a zero gradient, and Adam's momentum
-        would move it on a step that does not tune it. That holds at ZeRO stage 0 (tested);
-        stages 1-3 step each group's flat buffer whole, zero-filled where no gradient came
-        (DeepSpeed's `set_none_gradients_to_zero`), so there it still moves. Ranks must reduce
-        the same parameters, so under DeepSpeed a group is on where any rank tuned it.
+        it does not move: torch's AdamW skips a parameter without a gradient, and DeepSpeed,
+        which gives every trainable parameter without one a zero gradient (Adam's momentum
+        would move it), steps an AdamW that skips a group whose parameters are off
+        (`distributed._AdamWOverTunedGroups`). Ranks must reduce the same parameters, so
+        under DeepSpeed a group is on where any rank tuned it.
         """
         tuned = self.tuned
         if self.agree_across_ranks:

@@ -67,16 +67,22 @@ def test_single_process_deepspeed_matches_torch_engine_shape():
     base = debug_base("unet3d")
     clip = render(ClipSpec("blue", "square", "white", "circle"))
     # the default; the spatial path tuned on every other step (on the steps between, DeepSpeed must not move it
-    # as torch's AdamW does not); a spatial warm-up frozen after it (its own optimizer: the motion adapter's
-    # Adam starts afresh on both engines, so its bias correction counts its own steps)
-    for cfg, stage in [(TuneConfig(steps=2, progress=False), 0), (TuneConfig(steps=4, progress=False, spatial_every=2), 0),
-                       (TuneConfig(steps=3, progress=False, spatial_warmup=2, spatial_freeze=True), 2)]:
+    # as torch's AdamW does not: at ZeRO 1-3 its optimizer sees the group's flat copy with a zero-filled gradient,
+    # and Adam's momentum moved it, 8e-3 in the motion adapter after 4 steps); a spatial warm-up frozen after it
+    # (its own optimizer: the motion adapter's Adam starts afresh on both engines, so its bias correction counts
+    # its own steps)
+    every_2nd = TuneConfig(steps=4, progress=False, spatial_every=2)
+    for cfg, stage, offload in [(TuneConfig(steps=2, progress=False), 0, False), (every_2nd, 0, False),
+                                (every_2nd, 2, True), (every_2nd, 3, False),
+                                (TuneConfig(steps=3, progress=False, spatial_warmup=2, spatial_freeze=True), 2, False)]:
         plain = tune_clip(base, clip.frames, clip.caption, cfg)
-        ds = tune_clip(base, clip.frames, clip.caption, replace(cfg, engine="deepspeed", zero_stage=stage))
+        ds = tune_clip(base, clip.frames, clip.caption, replace(cfg, engine="deepspeed", zero_stage=stage, offload=offload))
         assert plain.adapter.tensors.keys() == ds.adapter.tensors.keys()
-        # same seed, one rank, same AdamW: the same update up to float rounding
+        # same seed, one rank, same AdamW: the same update up to float rounding (ZeRO-3's, partitioned, is
+        # about 1e-4 on the default too)
+        atol = 3e-4 if stage == 3 else 1e-5
         for k in plain.adapter.tensors:
-            torch.testing.assert_close(plain.adapter.tensors[k], ds.adapter.tensors[k], rtol=1e-4, atol=1e-5)
+            torch.testing.assert_close(plain.adapter.tensors[k], ds.adapter.tensors[k], rtol=1e-4, atol=atol, msg=f"stage {stage}: {k}")
 
 
 def test_deepspeed_steps_the_warmup_schedule():

@@ -106,3 +106,12 @@ def test_a_table_of_stored_rows_draws_its_frontier_where_asked_and_not_over_the_
     assert "--frontier " + str(tmp_path / "side.png") in out.read_text()  # the command that remakes it says where
     ablation.main(["--from-parquet", str(stored), "--out", str(out)])
     assert (out.parent / "frontier.png").exists()  # the default: beside --out
+
+
+def test_own_look_renders_the_clips_full_caption_alone_and_changed_looks_never_repeat_it() -> None:
+    ref = ablation.SPLITS["dev"]["clips"][0]
+    own = ablation.reference_caption(ref, "full")[0]
+    assert ablation.eval_prompts(ref, 3, "own") == [own]
+    changed = ablation.eval_prompts(ref, 5)
+    assert len(set(changed)) == 5 and own not in changed
+    assert ablation.parse_args(["--look", "own"]).look == "own" and ablation.parse_args([]).look == "changed"
