@@ -158,7 +158,19 @@ class DeepSpeedEngine:
             unregister()
         if self.stage == 3:
             _unshard(self.model)
+            _restore_torch_linear()
         self.engine = None
+
+
+def _restore_torch_linear() -> None:
+    """Put torch's `nn.functional.linear` back: ZeRO-3 swaps in its own and leaves it there (DeepSpeed: "This
+    will persist unless manually reset"), so every later linear layer of the process, tuning on the torch
+    engine included, would run DeepSpeed's (found: checkpointed tuning no longer gave plain tuning's adapter)."""
+    from deepspeed.runtime.zero.partition_parameters import InsertPostInitMethodToModuleSubClasses
+
+    original = getattr(InsertPostInitMethodToModuleSubClasses, "linear_bk", None)
+    if original is not None:
+        torch.nn.functional.linear = original
 
 
 def _unshard(model: nn.Module) -> None:
