@@ -129,7 +129,7 @@ def eval_prompts(ref: Reference, count: int, look: str = "changed") -> list[str]
     from motioncrafter.toyworld.world import BACKGROUNDS, COLOURS, SHAPES, caption
 
     if look == "own":
-        return [caption(ref.colour, ref.shape, ref.motion, ref.background)]
+        return [reference_caption(ref, "full")[0]]
     other = lambda options, value, k: [o for o in options if o != value][k % (len(options) - 1)]  # noqa: E731
     c, s, b = ref.colour, ref.shape, ref.background
     variants = [
