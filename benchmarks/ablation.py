@@ -166,6 +166,20 @@ def _init_worker(base_dir: str, threads: int) -> None:
     _BASE = load_base(base_dir)
 
 
+def split_full(adapter) -> list[tuple]:
+    """A full adapter's change to the temporal branch alone ('temporal') and to every other weight alone
+    ('rest'), the parts it has: where in the UNet a tuned motion sits. [] for a LoRA adapter or none."""
+    from motioncrafter.adapters import Adapter
+    from motioncrafter.branches import branch_parameters
+
+    if adapter is None or adapter.kind != "full":
+        return []
+    temporal = set(branch_parameters(_BASE.unet, "temporal"))
+    parts = {"temporal": {k: v for k, v in adapter.tensors.items() if k in temporal},
+             "rest": {k: v for k, v in adapter.tensors.items() if k not in temporal}}
+    return [(part, Adapter(tensors, adapter.meta)) for part, tensors in parts.items() if tensors and len(tensors) < len(adapter.tensors)]
+
+
 def run_job(variant: str, split: str, clip_index: int, level: str, args: argparse.Namespace) -> list[dict]:
     """Tune one variant on one clip (unless base), render and score its prompts at every budget."""
     from dataclasses import replace
@@ -191,11 +205,14 @@ def run_job(variant: str, split: str, clip_index: int, level: str, args: argpars
     if mode != "base":
         result = tune_clip(_BASE, clip.frames, caption, tune, cfg.adapter, cfg.enhance, subject=subject, snapshot_at=tuple(budgets))
         adapters = {**result.snapshots, budgets[-1]: result.adapter}
+    renders = [(name, budget, adapter) for budget, adapter in adapters.items()]
+    if args.split_full:
+        renders += [(f"{name}:{part}", budget, adapter) for budget, whole in adapters.items() for part, adapter in split_full(whole)]
     prompts = eval_prompts(ref, args.prompts, args.look)
     pairs = [(p, s) for p in prompts for s in setup["render_seeds"]]
     truth = {"colour": ref.colour, "shape": ref.shape, "background": ref.background}
     rows = []
-    for budget, adapter in adapters.items():
+    for variant_name, budget, adapter in renders:
         if adapter is not None:
             attach(_BASE, adapter, "motion")
         videos = render(_BASE, [p for p, _ in pairs], [s for _, s in pairs], render_cfg)
@@ -204,7 +221,7 @@ def run_job(variant: str, split: str, clip_index: int, level: str, args: argpars
         for k, ((prompt, seed), video) in enumerate(zip(pairs, videos)):
             same_prompt = [v for (p, _), v in zip(pairs, videos) if p == prompt]
             rows.append({
-                "variant": name, "mode": mode, "split": split, "protocol": "full" if level == "full" else "vague",
+                "variant": variant_name, "mode": mode, "split": split, "protocol": "full" if level == "full" else "vague",
                 "caption_level": level, "reference": caption, "clip": clip_index, "motion": ref.motion,
                 "held_out": ref.motion in HELD_OUT_MOTIONS, "prompt": prompt, "seed": seed, "tune_seed": tune.seed, "steps": budget,
                 # a snapshot's own clock: a k-step run's seconds, a spatial warm-up's included in full
@@ -346,6 +363,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--look", choices=("changed", "own"), default="changed",
                    help="changed: the evaluation prompts ask for other looks (the table); own: the clip's own full caption "
                         "only, to see how much motion an adapter holds when its look need not change")
+    p.add_argument("--split-full", action="store_true",
+                   help="a full adapter (full_finetune, adapter.kind=full) is also rendered as its temporal branch's change "
+                        "alone ('NAME:temporal') and the rest of it alone ('NAME:rest'): where the tuned motion sits (a diagnostic)")
     p.add_argument("--render-steps", type=int, default=25)
     p.add_argument("--tune-seed", type=int, default=None,
                    help="the tuning seed of every job (default: the split's own); another draw of the same table")
@@ -443,7 +463,7 @@ def main(argv=None) -> None:
     df.to_parquet(out.with_suffix(".parquet"))
     command = "python benchmarks/ablation.py " + " ".join(
         [f"--split {args.split}", "--protocols " + " ".join(args.protocols), "--steps " + " ".join(map(str, args.steps)),
-         f"--prompts {args.prompts}"] + ([f"--look {args.look}"] if args.look != "changed" else []) + [f"--render-steps {args.render_steps}", f"--procs {args.procs} --threads {args.threads}"]
+         f"--prompts {args.prompts}"] + ([f"--look {args.look}"] if args.look != "changed" else []) + (["--split-full"] if args.split_full else []) + [f"--render-steps {args.render_steps}", f"--procs {args.procs} --threads {args.threads}"]
         + ([f"--clips {args.clips}"] if args.clips else []) + [f"--clip {c}" for c in args.clip_ids or []]
         + ([f"--tune-seed {args.tune_seed}"] if args.tune_seed is not None else [])
         + table_options(args)

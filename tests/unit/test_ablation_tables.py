@@ -115,3 +115,26 @@ def test_own_look_renders_the_clips_full_caption_alone_and_changed_looks_never_r
     changed = ablation.eval_prompts(ref, 5)
     assert len(set(changed)) == 5 and own not in changed
     assert ablation.parse_args(["--look", "own"]).look == "own" and ablation.parse_args([]).look == "changed"
+
+
+def test_split_full_parts_a_full_adapter_by_branch_and_leaves_lora_adapters_alone(monkeypatch) -> None:
+    import torch
+
+    from motioncrafter.adapters import Adapter
+    from motioncrafter.base import load_base
+    from motioncrafter.branches import branch_parameters
+    from motioncrafter.toyworld import BASE_DIR
+
+    base = load_base(BASE_DIR)
+    monkeypatch.setattr(ablation, "_BASE", base)
+    whole = Adapter({n: torch.zeros(1) for n, _ in base.unet.named_parameters()}, {"kind": "full"})
+    parts = dict(ablation.split_full(whole))
+    temporal = set(branch_parameters(base.unet, "temporal"))
+    assert set(parts) == {"temporal", "rest"} and temporal
+    assert set(parts["temporal"].tensors) == temporal
+    assert set(parts["rest"].tensors) == set(whole.tensors) - temporal
+    assert parts["rest"].kind == "full" and parts["temporal"].meta is whole.meta
+    # a full adapter of the temporal branch alone has nothing to split; a LoRA adapter is not split
+    assert ablation.split_full(parts["temporal"]) == [] and ablation.split_full(None) == []
+    assert ablation.split_full(Adapter({"a.lora_A.weight": torch.zeros(1)}, {"kind": "lora"})) == []
+    assert ablation.parse_args(["--split-full"]).split_full and not ablation.parse_args([]).split_full
