@@ -8,7 +8,8 @@ Spatial branch: per-frame attention, `Transformer2DModel` (self-attention over
   the pixels of one frame and cross-attention to the prompt). That is where a
   clip's appearance is easiest to memorize, so it gets its own path. ResNet
   blocks, embeddings and conv_in/out belong to neither: they stay frozen in every
-  mode but `full_finetune`.
+  mode but `full_finetune`, unless the spatial path also takes the ResNet blocks
+  (`adapter.spatial_targets`: they too work on one frame at a time).
 
 Selecting by type rather than by name lists keeps this correct for any config of
 either family (tested on tiny random configs of both).
@@ -24,7 +25,8 @@ BRANCHES = ("temporal", "spatial")
 
 
 def _branch_types() -> dict[str, tuple[type, ...]]:
-    from diffusers.models.resnet import TemporalConvLayer
+    """The branches by module type, and "resnet": the ResNet blocks, in neither branch."""
+    from diffusers.models.resnet import ResnetBlock2D, TemporalConvLayer
     from diffusers.models.transformers.transformer_2d import Transformer2DModel
     from diffusers.models.transformers.transformer_temporal import TransformerTemporalModel
     from diffusers.models.unets.unet_motion_model import AnimateDiffTransformer3D
@@ -32,14 +34,16 @@ def _branch_types() -> dict[str, tuple[type, ...]]:
     return {
         "temporal": (TransformerTemporalModel, TemporalConvLayer, AnimateDiffTransformer3D),
         "spatial": (Transformer2DModel,),
+        "resnet": (ResnetBlock2D,),
     }
 
 
 def branch_roots(unet: nn.Module, branch: str) -> list[str]:
     """Names of the outermost modules of `branch` (a module inside another root is not repeated)."""
-    if branch not in BRANCHES:
-        raise ValueError(f"unknown branch {branch!r}; expected one of {BRANCHES}")
-    types = _branch_types()[branch]
+    kinds = _branch_types()
+    if branch not in kinds:
+        raise ValueError(f"unknown branch {branch!r}; expected one of {tuple(kinds)}")
+    types = kinds[branch]
     roots: list[str] = []
     for name, module in unet.named_modules():
         if isinstance(module, types) and not any(name.startswith(r + ".") for r in roots):

@@ -137,6 +137,7 @@ class AdapterConfig:
     rank: int = 0  # LoRA rank of the motion adapter; 0 = the mode's own (modes.py), chosen on the dev clips
     alpha: float = 0.0  # LoRA alpha (scale = alpha / rank); 0 = the rank (scale 1)
     spatial_rank: int = 8  # LoRA rank of the spatial path (discarded after tuning)
+    spatial_targets: str = "attention"  # spatial path LoRA layers: attention (the per-frame transformer blocks) | resnets: and the ResNet blocks' layers (per-frame too)
     targets: str = "all"  # temporal LoRA layers: all (attention, feed-forward, temporal convs) | qkvo | qk (attention only)
     dropout: float = 0.0  # LoRA dropout of the tuning LoRAs (motion adapter and spatial path), on while tuning only; MotionDirector publishes 0.1; off: 0.1 / 0.3 cost motion on the dev clips (sweep 34)
 
@@ -145,6 +146,8 @@ class AdapterConfig:
         _check(self.rank >= 0 and self.spatial_rank >= 1, "adapter.rank", "ranks must be >= 1 (adapter.rank 0: the mode's own)")
         _check(self.alpha >= 0, "adapter.alpha", f"must be >= 0 (0: the rank), got {self.alpha}")
         _check(self.targets in LORA_TARGETS, "adapter.targets", f"{self.targets!r} is not one of {LORA_TARGETS}")
+        _check(self.spatial_targets in ("attention", "resnets"), "adapter.spatial_targets",
+               f"{self.spatial_targets!r} is not attention or resnets")
         _check(0 <= self.dropout < 1, "adapter.dropout", f"must be in [0, 1), got {self.dropout}")
 
 

@@ -141,7 +141,7 @@ class _Branches:
             self.lora[MOTION] = ad.inject_lora(unet, MOTION, targets, acfg.rank, acfg.alpha, acfg.dropout)
             self.groups = {MOTION: {n: p for n, p in unet.named_parameters() if f".{MOTION}." in n}}
         if mode.spatial_path:
-            targets = lora_targets(unet, "spatial")
+            targets = lora_targets(unet, "spatial") + (lora_targets(unet, "resnet") if acfg.spatial_targets == "resnets" else [])
             self.lora[SPATIAL] = ad.inject_lora(unet, SPATIAL, targets, acfg.spatial_rank, acfg.spatial_rank, acfg.dropout)
             self.groups[SPATIAL] = {n: p for n, p in unet.named_parameters() if f".{SPATIAL}." in n}
         self.original = {n: p.detach().clone() for n, p in self.groups[MOTION].items()} if self.kind == "full" else {}

@@ -110,15 +110,19 @@ def test_spatial_every_tunes_the_spatial_lora_on_every_kth_step_and_keeps_it_on(
     assert ["sp" in row for row in history] == [spatial_pass == "frame", False, False, spatial_pass == "frame"]
 
 
-@pytest.mark.parametrize(("app_loss", "temporal_prompt", "spatial_pass"), [
-    *[(app_loss, prompt, "frame") for app_loss in ("output", "static", "stats") for prompt in ("clip", "enhanced")],
-    ("output", "clip", "joint"), ("stats", "clip", "joint"),
+@pytest.mark.parametrize(("app_loss", "temporal_prompt", "spatial_pass", "spatial_targets"), [
+    *[(app_loss, prompt, "frame", "attention") for app_loss in ("output", "static", "stats") for prompt in ("clip", "enhanced")],
+    ("output", "clip", "joint", "attention"), ("stats", "clip", "joint", "attention"),
+    ("output", "clip", "frame", "resnets"), ("output", "clip", "joint", "resnets"),
 ])
-def test_each_term_reaches_only_its_branch(fresh_base, clip, mc, app_loss, temporal_prompt, spatial_pass):
+def test_each_term_reaches_only_its_branch(fresh_base, clip, mc, app_loss, temporal_prompt, spatial_pass, spatial_targets):
     base = fresh_base("unet3d")
     tune = with_mode_recipe(mc.tune_cfg(app_loss=app_loss, temporal_prompt=temporal_prompt, spatial_pass=spatial_pass),
                             MODES["motioncrafter"])
-    branches = _Branches(base, MODES["motioncrafter"], AdapterConfig(rank=2, spatial_rank=2), tune)
+    branches = _Branches(base, MODES["motioncrafter"], AdapterConfig(rank=2, spatial_rank=2, spatial_targets=spatial_targets), tune)
+    on_resnets = {n for n in branches.groups[SPATIAL] if ".resnets." in n}
+    assert bool(on_resnets) == (spatial_targets == "resnets")  # the ResNet blocks only where asked
+    assert not any(".resnets." in n for n in branches.groups[MOTION])
     step = _Step(base, branches, MODES["motioncrafter"], tune, clip.caption, None, EnhanceConfig(), 0)
     try:
         with torch.no_grad():
@@ -140,6 +144,8 @@ def test_each_term_reaches_only_its_branch(fresh_base, clip, mc, app_loss, tempo
             branches.enable_grads()
             term.backward(retain_graph=True)
             reached[name] = {g for g, ps in branches.groups.items() if any(p.grad is not None and p.grad.abs().sum() > 0 for p in ps.values())}
+            if on_resnets and SPATIAL in reached[name]:  # the spatial path's ResNet layers learn with the rest of it
+                assert all(branches.groups[SPATIAL][n].grad is not None for n in on_resnets)
         assert reached == ({"tmp": {MOTION, SPATIAL}, "app": {MOTION}} if joint else {"tmp": {MOTION}, "sp": {SPATIAL}, "app": {MOTION}})
     finally:
         step.close()
@@ -235,6 +241,8 @@ def test_config_checks_the_new_switches():
         TuneConfig(spatial_pass="joint", temporal_prompt="enhanced")
     with pytest.raises(ConfigError, match="adapter.targets"):
         AdapterConfig(targets="v")
+    with pytest.raises(ConfigError, match="adapter.spatial_targets"):
+        AdapterConfig(spatial_targets="resnet")
     with pytest.raises(ConfigError, match="render.adapter_schedule"):
         RenderConfig(adapter_schedule=[[0.5, 1.0], [0.2, 0.0]])
 
