@@ -445,8 +445,25 @@ def combine(sources: list[str]):
                 raise SystemExit(f"--from-parquet {source}: no rows of {sorted(missing)} in {path}")
             df = df[df["variant"].isin(list(renames))].assign(variant=lambda d: d["variant"].map(renames))
         frames.append(df.assign(source=Path(path).name))
-    df = pd.concat(frames, ignore_index=True)
+    df = drop_repeated_renders(pd.concat(frames, ignore_index=True))
     return df, summarize(df)
+
+
+RENDER_KEYS = ("protocol", "variant", "clip", "tune_seed", "steps", "prompt", "seed")  # one render of one tuning run
+
+
+def drop_repeated_renders(df):
+    """One row per render where two sources hold the same run (a clip re-run in a later sitting to check it
+    reproduces), so that it counts once in the means; the same render scored differently is an error."""
+    keys = [k for k in RENDER_KEYS if k in df]
+    repeated = df[df.duplicated(keys, keep=False)]
+    scores = [c for c in ("motion_fidelity", "appearance_acc", "leakage") if c in df]
+    conflicting = repeated.groupby(keys)[scores].nunique(dropna=False).gt(1).any(axis=1)
+    if conflicting.any():
+        render = dict(zip(keys, conflicting[conflicting].index[0]))
+        sources = sorted(set(repeated["source"])) if "source" in repeated else []
+        raise SystemExit(f"--from-parquet: {render} is scored differently in {sources}; keep it from one file (FILE:VARIANT,...)")
+    return df.drop_duplicates(keys)
 
 
 def main(argv=None) -> None:

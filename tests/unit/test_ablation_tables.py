@@ -138,3 +138,14 @@ def test_split_full_parts_a_full_adapter_by_branch_and_leaves_lora_adapters_alon
     assert ablation.split_full(parts["temporal"]) == [] and ablation.split_full(None) == []
     assert ablation.split_full(Adapter({"a.lora_A.weight": torch.zeros(1)}, {"kind": "lora"})) == []
     assert ablation.parse_args(["--split-full"]).split_full and not ablation.parse_args([]).split_full
+
+
+def test_a_run_stored_in_two_files_counts_once_and_a_conflicting_copy_is_refused(tmp_path: Path) -> None:
+    first, second, other = tmp_path / "first.parquet", tmp_path / "second.parquet", tmp_path / "other.parquet"
+    pd.DataFrame(rows("motioncrafter", 0.4, 10.0)).to_parquet(first)  # clips 0 and 1
+    pd.DataFrame([r for r in rows("motioncrafter", 0.4, 10.0) if r["clip"] == 1]).to_parquet(second)  # clip 1 again
+    _, table = ablation.combine([str(first), str(second)])
+    assert table.set_index("variant").loc["motioncrafter", "motion fidelity (all)"] == pytest.approx(0.45)  # not 0.4667
+    pd.DataFrame([{**r, "motion_fidelity": 0.9} for r in rows("motioncrafter", 0.4, 10.0) if r["clip"] == 1]).to_parquet(other)
+    with pytest.raises(SystemExit, match="scored differently.*other.parquet"):
+        ablation.combine([str(first), str(other)])
