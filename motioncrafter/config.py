@@ -127,6 +127,7 @@ class EnhanceConfig:
 
 MODES = tuple(_MODES)
 LORA_TARGETS = ("all", "qkvo", "qk")
+SPATIAL_TARGETS = ("attention", "resnets")
 APP_LOSSES = ("output", "static", "stats")
 AUGMENTS = ("none", "channels", "colour", "shift")
 
@@ -146,8 +147,8 @@ class AdapterConfig:
         _check(self.rank >= 0 and self.spatial_rank >= 1, "adapter.rank", "ranks must be >= 1 (adapter.rank 0: the mode's own)")
         _check(self.alpha >= 0, "adapter.alpha", f"must be >= 0 (0: the rank), got {self.alpha}")
         _check(self.targets in LORA_TARGETS, "adapter.targets", f"{self.targets!r} is not one of {LORA_TARGETS}")
-        _check(self.spatial_targets in ("attention", "resnets"), "adapter.spatial_targets",
-               f"{self.spatial_targets!r} is not attention or resnets")
+        _check(self.spatial_targets in SPATIAL_TARGETS, "adapter.spatial_targets",
+               f"{self.spatial_targets!r} is not one of {SPATIAL_TARGETS}")
         _check(0 <= self.dropout < 1, "adapter.dropout", f"must be in [0, 1), got {self.dropout}")
 
 
