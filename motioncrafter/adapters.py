@@ -204,6 +204,33 @@ def base_only(unet: nn.Module, layers: list | None = None):
             _activate(layer, names)
 
 
+@contextmanager
+def merged_into_weights(layers: list, name: str):
+    """Within the block, adapter `name` of `layers` (switched off there: the caller's `switch`)
+    runs as part of the base weights: each base layer holds a new weight, its own plus the
+    adapter's change (peft's `get_delta_weight`), and gets its own back after.
+
+    A frozen LoRA then costs no layer calls of its own, forward or backward. Out of place rather than peft's in-place `merge`: an earlier
+    pass's graph keeps the weights it used, and the base's own come back bit for bit. The
+    same outputs as the adapter switched on, up to float rounding, where the adapter has no
+    dropout.
+    """
+    swapped = []
+    with torch.no_grad():
+        for layer in layers:
+            if name in getattr(layer, "lora_A", {}):
+                base_layer = layer.get_base_layer()
+                weight = base_layer.weight
+                delta = layer.get_delta_weight(name).to(weight.dtype)
+                base_layer.weight = nn.Parameter(weight + delta, requires_grad=False)
+                swapped.append((base_layer, weight))
+    try:
+        yield
+    finally:
+        for base_layer, weight in swapped:
+            base_layer.weight = weight
+
+
 def lora_state_dict(unet: nn.Module, name: str) -> dict[str, torch.Tensor]:
     from peft import get_peft_model_state_dict
 

@@ -150,9 +150,10 @@ def set_gradient_checkpointing(unet: torch.nn.Module, enabled: bool) -> None:
     One mechanism for both families, per down / mid / up block: diffusers' UNet3DConditionModel
     declares no checkpointing support (0.42: `_supports_gradient_checkpointing = False`, and its
     3D blocks never read the flag). Non-reentrant `torch.utils.checkpoint`; while a block is
-    recomputed its active LoRA adapters and requires_grad flags are put back as they were in
-    its forward: tuning switches both between the passes of one step (`trainer._Branches`), and
-    a recomputation that differs from the forward is wrong (torch raises when it notices).
+    recomputed its active LoRA adapters, their base layers' weights and the requires_grad flags
+    are put back as they were in its forward: tuning switches all three between the passes of one
+    step (`trainer._Branches`; the weights where a frozen LoRA runs merged into them), and a
+    recomputation that differs from the forward is wrong (torch raises only when it notices).
     """
     for block in [*unet.down_blocks, unet.mid_block, *unet.up_blocks]:
         patched = "_mc_forward" in vars(block)
@@ -172,11 +173,13 @@ def _checkpointed(block: torch.nn.Module, *args, **kwargs):
     layers = [m for m in block.modules() if isinstance(m, BaseTunerLayer)]
 
     def state():
-        return [list(m.active_adapters) for m in layers], [p.requires_grad for p in params]
+        return ([list(m.active_adapters) for m in layers], [m.get_base_layer().weight for m in layers],
+                [p.requires_grad for p in params])
 
-    def set_state(active, flags):
-        for layer, names in zip(layers, active):
+    def set_state(active, weights, flags):
+        for layer, names, weight in zip(layers, active, weights):
             layer.set_adapter(names)  # (peft's set_adapter switches requires_grad too: set after)
+            layer.get_base_layer().weight = weight
         for p, flag in zip(params, flags):
             p.requires_grad_(flag)
 

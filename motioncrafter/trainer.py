@@ -18,7 +18,8 @@ in the temporal pass itself (one UNet call per step instead of two).
 
 The spatial path's LoRA sits in the temporal path too, frozen there (the
 parallel architecture: it soaks up the clip's appearance so the temporal branch
-does not have to); it is thrown away after tuning. For L_app the frozen base is
+does not have to), added into the weights it wraps for that pass; it is thrown
+away after tuning. For L_app the frozen base is
 the same UNet with its adapters switched off (LoRA), or a frozen copy of the
 UNet when the temporal branch is tuned in full.
 
@@ -41,6 +42,7 @@ tuned weights restored when the call returns; the caller's RNG state too.
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import hashlib
 import itertools
@@ -147,6 +149,9 @@ class _Branches:
         self.original = {n: p.detach().clone() for n, p in self.groups[MOTION].items()} if self.kind == "full" else {}
         self.folded: dict[str, torch.Tensor] = {}  # weight name -> its value before `fold_spatial`
         self.layers = ad.tuner_layers(unet) if self.lora else []  # found once: `forward` switches on every pass
+        # a pass that does not tune the spatial LoRA runs it inside the weights (`ad.merged_into_weights`);
+        # not where dropout makes it differ, nor under ZeRO-3, whose weights are partitioned
+        self.merge_frozen_spatial = acfg.dropout == 0 and not (tcfg.engine == "deepspeed" and tcfg.zero_stage == 3)
         self.tuned: set[str] = set()  # the groups some pass of the current step tunes (`forward`'s `train`)
         self.agree_across_ranks = tcfg.engine == "deepspeed" and _rank_and_world()[1] > 1
 
@@ -162,10 +167,12 @@ class _Branches:
 
     def forward(self, active: list[str], train: list[str], x, t, text) -> torch.Tensor:
         """UNet prediction with only `active` adapters on and only the groups in `train` receiving gradients."""
-        ad.switch(self.layers, active)
+        merge = self.merge_frozen_spatial and SPATIAL in active and SPATIAL not in train and SPATIAL in self.groups
+        ad.switch(self.layers, [a for a in active if a != SPATIAL] if merge else active)
         self.tuned.update(train)
         self.set_trainable(train)
-        return self.base.predict(x, t, text)
+        with ad.merged_into_weights(self.layers, SPATIAL) if merge else contextlib.nullcontext():
+            return self.base.predict(x, t, text)
 
     def enable_grads(self) -> None:
         """Before backward: requires_grad on for the groups this step's passes tune, off for the rest.

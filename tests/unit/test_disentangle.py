@@ -152,6 +152,63 @@ def test_each_term_reaches_only_its_branch(fresh_base, clip, mc, app_loss, tempo
         branches.restore()
 
 
+@pytest.mark.parametrize("spatial_targets", ["attention", "resnets"])
+def test_frozen_spatial_lora_runs_merged_into_the_weights(fresh_base, clip, spatial_targets):
+    """The temporal pass, which does not tune the spatial LoRA, runs it inside the weights: the
+    prediction and the motion adapter's gradient of its layers switched on, none of its layers
+    called, and the base layers' own weights back after; the pass that tunes it runs its layers."""
+    base = fresh_base("unet3d")
+    tune = with_mode_recipe(TuneConfig(progress=False), MODES["motioncrafter"])
+    adapter = AdapterConfig(rank=2, spatial_rank=2, spatial_targets=spatial_targets)
+    branches = _Branches(base, MODES["motioncrafter"], adapter, tune)
+    assert branches.merge_frozen_spatial
+    spatial_layers = [layer for layer in branches.layers if SPATIAL in getattr(layer, "lora_A", {})]
+    weights = {layer: layer.get_base_layer().weight for layer in spatial_layers}
+    values = {layer: w.detach().clone() for layer, w in weights.items()}
+    calls = []
+    hooks = [layer.lora_A[SPATIAL].register_forward_hook(lambda *_: calls.append(1)) for layer in spatial_layers]
+    try:
+        with torch.no_grad():
+            for params in branches.groups.values():  # LoRA B starts at zero, where merged or not is the same
+                for name, p in params.items():
+                    if "lora_B" in name:
+                        p.normal_(0, 0.05, generator=torch.Generator().manual_seed(len(name)))
+            x = base.encode_frames(clip.frames[None])
+            x = x + torch.randn(x.shape, generator=torch.Generator().manual_seed(0))
+            t, text = torch.tensor([600]), base.encode_prompts([clip.caption])
+        runs = {}
+        for merge in (False, True):
+            branches.merge_frozen_spatial = merge
+            for params in branches.groups.values():
+                for p in params.values():
+                    p.grad = None
+            calls.clear()
+            branches.new_step()
+            pred = branches.forward([MOTION, SPATIAL], [MOTION], x, t, text)
+            branches.enable_grads()
+            pred.square().mean().backward()
+            assert all(p.grad is None for p in branches.groups[SPATIAL].values())
+            runs[merge] = pred.detach(), {n: p.grad for n, p in branches.groups[MOTION].items()}, len(calls)
+        (merged, merged_grads, merged_calls), (plain, plain_grads, plain_calls) = runs[True], runs[False]
+        assert merged_calls == 0 and plain_calls == len(spatial_layers)
+        torch.testing.assert_close(merged, plain, rtol=1e-4, atol=1e-5)
+        for name, grad in plain_grads.items():
+            torch.testing.assert_close(merged_grads[name], grad, rtol=1e-3, atol=1e-6)
+        assert all(layer.get_base_layer().weight is w and torch.equal(w, values[layer]) for layer, w in weights.items())
+        calls.clear()
+        branches.forward([SPATIAL], [SPATIAL], x[:, :, :1], t, text)  # the pass that tunes it: its layers run
+        assert len(calls) == len(spatial_layers)
+    finally:
+        for hook in hooks:
+            hook.remove()
+        branches.restore()
+    # where merged would differ (dropout) or the weights are partitioned (ZeRO-3), its layers run
+    for adapter, tune in ((AdapterConfig(dropout=0.1), tune), (adapter, TuneConfig(engine="deepspeed", zero_stage=3))):
+        branches = _Branches(base, MODES["motioncrafter"], adapter, tune)
+        branches.restore()
+        assert not branches.merge_frozen_spatial
+
+
 def test_stats_term_is_zero_against_itself_and_reads_spatial_modules(fresh_base, clip, mc):
     """Before any weight moves, the tuned model is the base: the stats distance is 0; hooks record
     one (mean, std) per frame and channel of every Transformer2DModel."""
