@@ -210,10 +210,10 @@ def merged_into_weights(layers: list, name: str):
     runs as part of the base weights: each base layer holds a new weight, its own plus the
     adapter's change (peft's `get_delta_weight`), and gets its own back after.
 
-    A frozen LoRA then costs no layer calls of its own, forward or backward. Out of place rather than peft's in-place `merge`: an earlier
-    pass's graph keeps the weights it used, and the base's own come back bit for bit. The
-    same outputs as the adapter switched on, up to float rounding, where the adapter has no
-    dropout.
+    A frozen LoRA then costs no layer calls of its own, forward or backward. Out of place
+    rather than peft's in-place `merge`: an earlier pass's graph keeps the weights it used,
+    and the base's own come back bit for bit. The same outputs as the adapter switched on,
+    up to float rounding, where the adapter has no dropout.
     """
     swapped = []
     with torch.no_grad():
