@@ -355,7 +355,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--base", default=str(BASE_DIR))
     p.add_argument("--split", choices=tuple(SPLITS), default="test")
-    p.add_argument("--protocols", nargs="+", choices=tuple(CAPTION_LEVELS), default=["vague", "full"])
+    p.add_argument("--protocols", nargs="+", choices=tuple(CAPTION_LEVELS), default=["vague", "full"],
+                   help="caption levels to run (with --from-parquet: the stored rows kept)")
     p.add_argument("--clips", type=int, default=0, help="the first N clips of the split (0 = all)")
     p.add_argument("--clip", type=int, action="append", dest="clip_ids", help="only this clip of the split (repeatable)")
     p.add_argument("--prompts", type=int, default=4)
@@ -396,8 +397,9 @@ def frontier_path(args: argparse.Namespace) -> Path | None:
 
 
 def table_options(args: argparse.Namespace) -> list[str]:
-    """`--against` and `--frontier` as given, for the command line a table records."""
-    return ([f"--against '{args.against}'"] if args.against else []) + ([f"--frontier {args.frontier}"] if args.frontier else [])
+    """`--protocols` (where not all), `--against` and `--frontier` as given, for the command line a table records."""
+    protocols = [] if set(args.protocols) == set(CAPTION_LEVELS) else ["--protocols " + " ".join(args.protocols)]
+    return protocols + ([f"--against '{args.against}'"] if args.against else []) + ([f"--frontier {args.frontier}"] if args.frontier else [])
 
 
 def tune_seed(args: argparse.Namespace) -> int:
@@ -430,8 +432,9 @@ def run(args: argparse.Namespace, partial: Path | None = None):
     return df, summarize(df)
 
 
-def combine(sources: list[str]):
-    """The rows of earlier runs ('FILE' or 'FILE:VARIANT,...', 'VARIANT=NEW_NAME' renames), each tagged with its file."""
+def combine(sources: list[str], protocols: tuple[str, ...] = tuple(CAPTION_LEVELS)):
+    """The rows of earlier runs ('FILE' or 'FILE:VARIANT,...', 'VARIANT=NEW_NAME' renames) under `protocols`,
+    each tagged with its file."""
     import pandas as pd
 
     frames = []
@@ -444,7 +447,7 @@ def combine(sources: list[str]):
             if missing:
                 raise SystemExit(f"--from-parquet {source}: no rows of {sorted(missing)} in {path}")
             df = df[df["variant"].isin(list(renames))].assign(variant=lambda d: d["variant"].map(renames))
-        frames.append(df.assign(source=Path(path).name))
+        frames.append(df[df["protocol"].isin(protocols)].assign(source=Path(path).name))
     df = drop_repeated_renders(pd.concat(frames, ignore_index=True))
     return df, summarize(df)
 
@@ -510,7 +513,7 @@ def main(argv=None) -> None:
 
 def main_combined(args: argparse.Namespace) -> None:
     """A table of stored rows: for a table whose variants were run in more than one sitting."""
-    df, table = combine(args.sources)
+    df, table = combine(args.sources, tuple(args.protocols))
     out = Path(args.out)
     df.to_parquet(out.with_suffix(".parquet"))
     sources = df.groupby("source", sort=False)["variant"].unique()

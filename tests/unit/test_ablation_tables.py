@@ -35,6 +35,17 @@ def test_combined_table_takes_named_variants_renamed_from_each_file(tmp_path: Pa
         ablation.combine([f"{old}:nonesuch"])
 
 
+def test_combined_table_keeps_the_protocols_asked_and_says_so(tmp_path: Path) -> None:
+    both = tmp_path / "both.parquet"
+    pd.DataFrame(rows("motioncrafter", 0.4, 10.0) + [{**r, "protocol": "full"} for r in rows("motioncrafter", 0.8, 10.0)]).to_parquet(both)
+    df, table = ablation.combine([str(both)], ("full",))
+    assert set(df["protocol"]) == {"full"} and table["motion fidelity (all)"].tolist() == [pytest.approx(0.85)]
+    assert len(ablation.combine([str(both)])[0]) == 4  # every protocol unless asked
+    args = ablation.parse_args(["--from-parquet", str(both), "--protocols", "full"])
+    assert ablation.table_options(args) == ["--protocols full"]
+    assert ablation.table_options(ablation.parse_args(["--from-parquet", str(both)])) == []
+
+
 def test_two_tuning_draws_pool_into_one_row_and_each_run_counts_once_for_time(tmp_path: Path) -> None:
     first, second = tmp_path / "seed1.parquet", tmp_path / "seed2.parquet"
     pd.DataFrame([{**r, "tune_seed": 1} for r in rows("motioncrafter", 0.4, 10.0) * 3]).to_parquet(first)  # 3 prompts each
