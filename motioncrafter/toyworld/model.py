@@ -130,8 +130,11 @@ def shifted_cosine_betas(num_train_timesteps: int, snr_shift: float) -> list[flo
     return np.clip(betas, 0, 0.999).tolist()
 
 
-def build_components(cfg: TinyBaseConfig, tokenizer_dir: str | Path, seed: int = 0) -> dict:
-    """Freshly initialised components (random weights), keyed as in `model_index.json`."""
+def build_components(cfg: TinyBaseConfig, tokenizer_dir: str | Path, seed: int = 0, family: str = "unet3d") -> dict:
+    """Freshly initialised components (random weights), keyed as in `model_index.json`; the UNet of
+    `family`: ModelScope's UNet3D, or AnimateDiff's UNetMotionModel (an image UNet with motion modules
+    of the same widths).
+    """
     import torch
     from diffusers import AutoencoderKL, DDIMScheduler, UNet3DConditionModel
     from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
@@ -163,18 +166,23 @@ def build_components(cfg: TinyBaseConfig, tokenizer_dir: str | Path, seed: int =
         norm_num_groups=16,
         sample_size=32,
     )
-    unet = UNet3DConditionModel(
-        sample_size=8,
-        in_channels=cfg.latent_channels,
-        out_channels=cfg.latent_channels,
-        down_block_types=("CrossAttnDownBlock3D",) * len(cfg.unet_channels),
-        up_block_types=("CrossAttnUpBlock3D",) * len(cfg.unet_channels),
-        block_out_channels=cfg.unet_channels,
-        layers_per_block=1,
-        norm_num_groups=16,
-        cross_attention_dim=cfg.text_hidden,
-        attention_head_dim=cfg.unet_heads,
-    )
+    if family not in ("unet3d", "animatediff"):
+        raise ValueError(f"unknown family {family!r}; expected unet3d or animatediff")
+    n = len(cfg.unet_channels)
+    shared = dict(sample_size=8, in_channels=cfg.latent_channels, out_channels=cfg.latent_channels,
+                  block_out_channels=cfg.unet_channels, layers_per_block=1, norm_num_groups=16,
+                  cross_attention_dim=cfg.text_hidden, attention_head_dim=cfg.unet_heads)
+    if family == "unet3d":
+        unet = UNet3DConditionModel(down_block_types=("CrossAttnDownBlock3D",) * n, up_block_types=("CrossAttnUpBlock3D",) * n,
+                                    **shared)
+    else:
+        from diffusers import MotionAdapter, UNet2DConditionModel, UNetMotionModel
+
+        unet2d = UNet2DConditionModel(down_block_types=("CrossAttnDownBlock2D",) * n, up_block_types=("CrossAttnUpBlock2D",) * n,
+                                      **shared)
+        motion = MotionAdapter(block_out_channels=cfg.unet_channels, motion_layers_per_block=1, motion_norm_num_groups=16,
+                               motion_num_attention_heads=cfg.unet_heads, motion_max_seq_length=32)
+        unet = UNetMotionModel.from_unet2d(unet2d, motion)
     scheduler = DDIMScheduler(
         num_train_timesteps=cfg.num_train_timesteps,
         trained_betas=shifted_cosine_betas(cfg.num_train_timesteps, cfg.snr_shift),
@@ -203,33 +211,7 @@ def debug_base(family: str = "unet3d", seed: int = 0, cfg: TinyBaseConfig | None
             staging.rename(tokenizer_dir)
         except OSError:  # another process got there first
             shutil.rmtree(staging, ignore_errors=True)
-    parts = build_components(cfg, tokenizer_dir, seed=seed)
-    if family == "animatediff":
-        from diffusers import MotionAdapter, UNet2DConditionModel, UNetMotionModel
-
-        n = len(cfg.unet_channels)
-        unet2d = UNet2DConditionModel(
-            sample_size=8,
-            in_channels=cfg.latent_channels,
-            out_channels=cfg.latent_channels,
-            down_block_types=("CrossAttnDownBlock2D",) * n,
-            up_block_types=("CrossAttnUpBlock2D",) * n,
-            block_out_channels=cfg.unet_channels,
-            layers_per_block=1,
-            norm_num_groups=16,
-            cross_attention_dim=cfg.text_hidden,
-            attention_head_dim=cfg.unet_heads,
-        )
-        motion = MotionAdapter(
-            block_out_channels=cfg.unet_channels,
-            motion_layers_per_block=1,
-            motion_norm_num_groups=16,
-            motion_num_attention_heads=cfg.unet_heads,
-            motion_max_seq_length=32,
-        )
-        parts["unet"] = UNetMotionModel.from_unet2d(unet2d, motion)
-    elif family != "unet3d":
-        raise ValueError(f"unknown family {family!r}; expected unet3d or animatediff")
+    parts = build_components(cfg, tokenizer_dir, seed=seed, family=family)
     for name in ("text_encoder", "vae", "unet"):
         parts[name].requires_grad_(False).eval()
     from motioncrafter.toyworld.world import enhance_vocabulary

@@ -7,7 +7,8 @@ only as good as its autoencoder):
 1. the `AutoencoderKL`, on frames, with the object's pixels weighted up so small
    objects keep their colour; gate: colour / shape / background accuracy of
    reconstructions;
-2. the `UNet3DConditionModel` (the `CLIPTextModel` stays frozen at its seeded init), on cached
+2. the UNet (`UNet3DConditionModel`; `--family animatediff`: AnimateDiff's `UNetMotionModel`; the
+   `CLIPTextModel` stays frozen at its seeded init), on cached
    latents of held-in motions only: v-prediction with the plain (unweighted) v loss on
    the base's noise-shifted schedule (see `TinyBaseConfig.snr_shift`), warm-up + cosine
    learning rate, EMA weights, 10% empty prompts for classifier-free
@@ -162,7 +163,7 @@ def diffusion_loss(base: BaseModel, x0: torch.Tensor, captions: list[str], gen: 
     t = torch.randint(0, sched.config.num_train_timesteps, (x0.shape[0],), generator=gen)
     xt = sched.add_noise(x0, noise, t)
     target = sched.get_velocity(x0, noise, t)
-    pred = base.unet(xt, t, encoder_hidden_states=base.encode_prompts(captions)).sample
+    pred = base.predict(xt, t, base.encode_prompts(captions))  # either family's call
     return F.mse_loss(pred, target)
 
 
@@ -285,11 +286,11 @@ def train_unet(base: BaseModel, data: torch.Tensor, captions: list[str], args, w
 
 
 def export(base: BaseModel, out: Path, meta: dict) -> str:
-    from diffusers import TextToVideoSDPipeline
+    """The base as its family's diffusers pipeline saves it (AnimateDiff's: unet/ a UNetMotionModel)."""
+    from diffusers import AnimateDiffPipeline, TextToVideoSDPipeline
 
-    pipe = TextToVideoSDPipeline(
-        vae=base.vae, text_encoder=base.text_encoder, tokenizer=base.tokenizer, unet=base.unet, scheduler=base.scheduler
-    )
+    parts = dict(vae=base.vae, text_encoder=base.text_encoder, tokenizer=base.tokenizer, unet=base.unet, scheduler=base.scheduler)
+    pipe = TextToVideoSDPipeline(**parts) if base.family == "unet3d" else AnimateDiffPipeline(**parts, motion_adapter=None)
     pipe.save_pretrained(str(out), safe_serialization=True)
     fingerprint = fingerprint_folder(out)
     (out / "toyworld.json").write_text(json.dumps({**meta, "fingerprint": fingerprint}, indent=2) + "\n")
@@ -310,6 +311,8 @@ def parse_args(argv=None):
     p.add_argument("--out", default="motioncrafter/toyworld/base", help="diffusers folder to write")
     p.add_argument("--work", default=".pretrain", help="checkpoints, latents cache and logs")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--family", choices=("unet3d", "animatediff"), default="unet3d",
+                   help="the UNet: ModelScope's UNet3D (the shipped base) or AnimateDiff's UNetMotionModel")
     p.add_argument("--vae", default="", help="a trained AutoencoderKL folder to use instead of training stage 1")
     p.add_argument("--vae-steps", type=int, default=3000, help="at most; stops once the gate passes")
     p.add_argument("--vae-check-every", type=int, default=250)
@@ -352,7 +355,7 @@ def main(argv=None) -> None:
             tqdm.write(json.dumps(row))
 
     write_tokenizer(work / "tokenizer", model_cfg.max_tokens)
-    parts = build_components(model_cfg, work / "tokenizer", seed=args.seed)
+    parts = build_components(model_cfg, work / "tokenizer", seed=args.seed, family=args.family)
     t_start = time.time()
 
     vae_dir = Path(args.vae) if args.vae else work / "vae"
@@ -379,9 +382,10 @@ def main(argv=None) -> None:
     vae.register_to_config(scaling_factor=float(1 / data.std()))
     data = data * vae.config.scaling_factor
 
-    base = BaseModel(**parts, family="unet3d")
+    base = BaseModel(**parts, family=args.family)
     train_unet(base, data, captions, args, world, work, log)
     meta = {
+        "family": args.family,
         "world": asdict(world),
         "model": asdict(model_cfg),
         "held_out_motions": list(HELD_OUT_MOTIONS),

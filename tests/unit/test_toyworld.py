@@ -1,6 +1,7 @@
 """MovingShapes: the generator, the tokenizer, the pretraining script's determinism and resume."""
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -116,3 +117,22 @@ def test_pretraining_is_deterministic_and_resumes(tmp_path, capsys):
         a, b = load_file(str(tmp_path / "base_a" / part)), load_file(str(tmp_path / "base_b" / part))
         assert all(torch.equal(a[k], b[k]) for k in a), f"{part}: resumed run differs from the uninterrupted one"
 
+
+
+@pytest.mark.slow
+def test_pretraining_an_animatediff_base_gives_a_folder_the_loader_reads_as_animatediff(tmp_path):
+    from diffusers import UNetMotionModel
+
+    from motioncrafter.base import load_base
+
+    shipped_vae = Path(model.__file__).parent / "base" / "vae"
+    _pretrain(tmp_path / "work", tmp_path / "base", "--family", "animatediff", "--vae", str(shipped_vae))
+    index = json.loads((tmp_path / "base" / "model_index.json").read_text())
+    assert index["_class_name"] == "AnimateDiffPipeline" and index["unet"][1] == "UNetMotionModel"
+    assert json.loads((tmp_path / "base" / "toyworld.json").read_text())["family"] == "animatediff"
+    base = load_base(tmp_path / "base")
+    assert base.family == "animatediff" and isinstance(base.unet, UNetMotionModel)
+    trained = load_file(str(tmp_path / "base" / "unet" / "diffusion_pytorch_model.safetensors"))
+    fresh = model.build_components(model.TinyBaseConfig(), tmp_path / "work" / "tokenizer", family="animatediff")["unet"]
+    moved = [k for k, v in fresh.state_dict().items() if not torch.equal(v, trained[k])]
+    assert any("motion_modules" in k for k in moved) and any("attentions" in k for k in moved)  # both kinds trained
