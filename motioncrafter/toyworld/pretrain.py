@@ -238,7 +238,8 @@ def train_unet(base: BaseModel, data: torch.Tensor, captions: list[str], args, w
             module.p = 0.0
     opt = torch.optim.AdamW(params, lr=args.lr, weight_decay=0.01)
     ema = EMAModel(params, decay=args.ema_decay, use_ema_warmup=True, power=0.75)
-    ckpt = work / "unet_ckpt.safetensors"
+    # one checkpoint per family: a work folder shared by both must not resume one UNet into the other
+    ckpt = work / ("unet_ckpt.safetensors" if args.family == "unet3d" else f"unet_{args.family}_ckpt.safetensors")
     start = load_checkpoint(ckpt, base, opt, ema) if ckpt.exists() else 0
     if start:
         print(f"resuming UNet training at step {start}")
