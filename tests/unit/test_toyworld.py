@@ -1,7 +1,6 @@
 """MovingShapes: the generator, the tokenizer, the pretraining script's determinism and resume."""
 
 import json
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -125,7 +124,9 @@ def test_pretraining_an_animatediff_base_gives_a_folder_the_loader_reads_as_anim
 
     from motioncrafter.base import load_base
 
-    shipped_vae = Path(model.__file__).parent / "base" / "vae"
+    from motioncrafter.toyworld import BASE_DIR
+
+    shipped_vae = BASE_DIR / "vae"
     _pretrain(tmp_path / "work", tmp_path / "base", "--family", "animatediff", "--vae", str(shipped_vae))
     index = json.loads((tmp_path / "base" / "model_index.json").read_text())
     assert index["_class_name"] == "AnimateDiffPipeline" and index["unet"][1] == "UNetMotionModel"
