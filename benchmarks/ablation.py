@@ -200,19 +200,24 @@ def run_job(variant: str, split: str, clip_index: int, level: str, args: argpars
     caption, subject = reference_caption(ref, level)
     budgets = sorted(args.steps)
     tune = replace(cfg.tune, steps=budgets[-1], seed=tune_seed(args), progress=False)
-    render_cfg = replace(cfg.render, num_steps=args.render_steps)
+    # the variant's own render settings, and each --also-render's on top of them: one tuning run, several renders
+    render_cfgs = {name: replace(cfg.render, num_steps=args.render_steps)}
+    for suffix, extra in args.also_render:
+        render_cfgs[f"{name}+{suffix}"] = replace(load_config(None, ([f"tune.mode={mode}"] if mode != "base" else []) + overrides + extra).render,
+                                                 num_steps=args.render_steps)
     adapters = {b: None for b in budgets}
     if mode != "base":
         result = tune_clip(_BASE, clip.frames, caption, tune, cfg.adapter, cfg.enhance, subject=subject, snapshot_at=tuple(budgets))
         adapters = {**result.snapshots, budgets[-1]: result.adapter}
-    renders = [(name, budget, adapter) for budget, adapter in adapters.items()]
+    renders = [(label, budget, adapter, render_cfg) for budget, adapter in adapters.items() for label, render_cfg in render_cfgs.items()]
     if args.split_full:
-        renders += [(f"{name}:{part}", budget, adapter) for budget, whole in adapters.items() for part, adapter in split_full(whole)]
+        renders += [(f"{name}:{part}", budget, adapter, render_cfgs[name])
+                    for budget, whole in adapters.items() for part, adapter in split_full(whole)]
     prompts = eval_prompts(ref, args.prompts, args.look)
     pairs = [(p, s) for p in prompts for s in setup["render_seeds"]]
     truth = {"colour": ref.colour, "shape": ref.shape, "background": ref.background}
     rows = []
-    for variant_name, budget, adapter in renders:
+    for variant_name, budget, adapter, render_cfg in renders:
         if adapter is not None:
             attach(_BASE, adapter, "motion")
         videos = render(_BASE, [p for p, _ in pairs], [s for _, s in pairs], render_cfg)
@@ -367,6 +372,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--split-full", action="store_true",
                    help="a full adapter (full_finetune, adapter.kind=full) is also rendered as its temporal branch's change "
                         "alone ('NAME:temporal') and the rest of it alone ('NAME:rest'): where the tuned motion sits (a diagnostic)")
+    p.add_argument("--also-render", action="append", default=[], metavar="SUFFIX:render.key=value[;...]",
+                   help="also render every tuned adapter with these render settings, as variant 'NAME+SUFFIX' (repeatable): "
+                        "render settings compared on the same adapters, without tuning again")
     p.add_argument("--render-steps", type=int, default=25)
     p.add_argument("--tune-seed", type=int, default=None,
                    help="the tuning seed of every job (default: the split's own); another draw of the same table")
@@ -384,9 +392,19 @@ def parse_args(argv=None) -> argparse.Namespace:
                    help="also table every variant's difference from this one, run by run, with 90%% bootstrap intervals")
     args = p.parse_args(argv)
     args.variants = args.variants or ["base", *MODES]
+    args.also_render = [parse_also_render(p, text) for text in args.also_render]
     if args.against and not args.sources and args.against not in [parse_variant(v)[0] for v in args.variants]:
         p.error(f"--against {args.against!r} is not one of the variants run")  # before the jobs, not after them
     return args
+
+
+def parse_also_render(p: argparse.ArgumentParser, text: str) -> tuple[str, list[str]]:
+    """'SUFFIX:render.key=value;...' -> (suffix, overrides); only render settings, the tuning run is shared."""
+    suffix, _, spec = text.partition(":")
+    overrides = [o for o in spec.split(";") if o]
+    if not suffix or not overrides or any(not o.startswith("render.") for o in overrides):
+        p.error(f"--also-render {text!r}: expected SUFFIX:render.key=value[;render.key=value...]")
+    return suffix, overrides
 
 
 def frontier_path(args: argparse.Namespace) -> Path | None:
@@ -483,7 +501,8 @@ def main(argv=None) -> None:
     df.to_parquet(out.with_suffix(".parquet"))
     command = "python benchmarks/ablation.py " + " ".join(
         [f"--split {args.split}", "--protocols " + " ".join(args.protocols), "--steps " + " ".join(map(str, args.steps)),
-         f"--prompts {args.prompts}"] + ([f"--look {args.look}"] if args.look != "changed" else []) + (["--split-full"] if args.split_full else []) + [f"--render-steps {args.render_steps}", f"--procs {args.procs} --threads {args.threads}"]
+         f"--prompts {args.prompts}"] + ([f"--look {args.look}"] if args.look != "changed" else []) + (["--split-full"] if args.split_full else [])
+        + [f"--also-render '{suffix}:{';'.join(extra)}'" for suffix, extra in args.also_render] + [f"--render-steps {args.render_steps}", f"--procs {args.procs} --threads {args.threads}"]
         + ([f"--clips {args.clips}"] if args.clips else []) + [f"--clip {c}" for c in args.clip_ids or []]
         + ([f"--tune-seed {args.tune_seed}"] if args.tune_seed is not None else [])
         + table_options(args)

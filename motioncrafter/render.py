@@ -9,6 +9,16 @@ was rendered in.
 (timestep-layered rendering): the early, noisy steps decide the motion, the late
 ones the appearance, so e.g. `[[0, 1], [0.6, 0]]` lets the adapter shape the motion
 and leaves the appearance to the base.
+
+`cfg.motion_guidance` splits classifier-free guidance in two, as InstructPix2Pix does
+for its image and text conditions: the text's direction is taken from the base alone
+(motion adapters off, both branches), and the adapters' change to the conditional
+prediction is added on top, times the given weight:
+
+  pred = base(neg) + g * (base(prompt) - base(neg)) + s * (adapted(prompt) - base(prompt))
+
+Plain guidance runs the adapters in both branches, so g also scales whatever part of
+their change depends on the prompt. One more UNet pass per step (3 rows per sample, not 2).
 """
 
 from __future__ import annotations
@@ -58,25 +68,37 @@ def denoise(base: BaseModel, prompts: list[str], noise: torch.Tensor, cfg: Rende
     guided = cfg.guidance_scale != 1.0
     text = base.encode_prompts(([cfg.negative_prompt] * len(prompts) if guided else []) + list(prompts))
     latents = noise * scheduler.init_noise_sigma
-    weights = ad.active_weights(base) if cfg.adapter_schedule else {}
+    weights = ad.active_weights(base) if cfg.adapter_schedule or cfg.motion_guidance else {}
     steps = scheduler.timesteps
     try:
         with dtype_read_once(base.unet):
             for i, t in enumerate(progress(steps, desc="denoise", disable=not cfg.progress, leave=False)):
-                if weights:
-                    factor = schedule_scale(cfg.adapter_schedule, i / len(steps))
-                    ad.set_weights(base, {name: w * factor for name, w in weights.items()})
-                model_in = torch.cat([latents] * 2) if guided else latents
-                model_in = scheduler.scale_model_input(model_in, t)
-                pred = base.predict(model_in, t, text)
-                if guided:
-                    uncond, cond = pred.chunk(2)
-                    pred = uncond + cfg.guidance_scale * (cond - uncond)
+                now = {name: w * schedule_scale(cfg.adapter_schedule, i / len(steps)) for name, w in weights.items()}
+                model_in = scheduler.scale_model_input(torch.cat([latents] * 2) if guided else latents, t)
+                if now and cfg.motion_guidance:
+                    ad.set_weights(base, dict.fromkeys(now, 0.0))
+                    plain = base.predict(model_in, t, text)
+                    ad.set_weights(base, now)
+                    rows = slice(len(model_in) - len(latents), None)  # the prompts' rows (the negatives come first)
+                    adapted = base.predict(model_in[rows], t, text[rows])
+                    pred = _guided(plain, guided, cfg.guidance_scale) + cfg.motion_guidance * (adapted - plain[rows])
+                else:
+                    if now:
+                        ad.set_weights(base, now)
+                    pred = _guided(base.predict(model_in, t, text), guided, cfg.guidance_scale)
                 latents = scheduler.step(pred, t, latents).prev_sample
     finally:
         if weights:
             ad.set_weights(base, weights)
     return latents
+
+
+def _guided(pred: torch.Tensor, guided: bool, scale: float) -> torch.Tensor:
+    """Classifier-free guidance over a prediction whose first half is the negative prompt's."""
+    if not guided:
+        return pred
+    uncond, cond = pred.chunk(2)
+    return uncond + scale * (cond - uncond)
 
 
 def render(base: BaseModel, prompts: list[str], seeds: list[int], cfg: RenderConfig = RenderConfig()) -> np.ndarray:

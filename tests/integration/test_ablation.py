@@ -35,6 +35,7 @@ def table():
         "--split", "dev", "--clip", "1", "--protocols", "vague", "--prompts", "2", "--steps", "100",
         "--render-steps", "10", "--procs", "2", "--threads", "1",
         "--variant", "base", "--variant", "motioncrafter", "--variant", "inert=motioncrafter;tune.lr=1e-12",
+        "--also-render", "mg:render.motion_guidance=1",
     ])
     _, summary = ablation.run(args)
     print(summary.to_string())
@@ -49,3 +50,12 @@ def test_motioncrafter_carries_the_motion_and_an_inert_adapter_does_not(table) -
     assert carries_the_motion(table, "motioncrafter")
     assert not carries_the_motion(table, "inert")
 
+
+
+def test_also_render_renders_the_same_tuning_run_again_with_its_settings(table) -> None:
+    # motion guidance with no adapter attached is plain guidance: the base's rows come out the same
+    scores = ["motion fidelity (all)", "appearance acc", "leakage", "diversity"]
+    assert table.loc["base+mg", scores].tolist() == table.loc["base", scores].tolist()
+    # on the tuned adapter it is another render of the same run (same tuning seconds), not the same video
+    assert table.loc["motioncrafter+mg", "s / clip"] == table.loc["motioncrafter", "s / clip"]
+    assert table.loc["motioncrafter+mg", scores].tolist() != table.loc["motioncrafter", scores].tolist()

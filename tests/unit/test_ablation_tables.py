@@ -119,6 +119,14 @@ def test_a_table_of_stored_rows_draws_its_frontier_where_asked_and_not_over_the_
     assert (out.parent / "frontier.png").exists()  # the default: beside --out
 
 
+def test_also_render_takes_render_settings_only() -> None:
+    args = ablation.parse_args(["--also-render", "mg:render.motion_guidance=1;render.guidance_scale=3"])
+    assert args.also_render == [("mg", ["render.motion_guidance=1", "render.guidance_scale=3"])]
+    for bad in ("render.motion_guidance=1", "mg:tune.lr=1e-3", "mg:"):
+        with pytest.raises(SystemExit):
+            ablation.parse_args(["--also-render", bad])
+
+
 def test_own_look_renders_the_clips_full_caption_alone_and_changed_looks_never_repeat_it() -> None:
     ref = ablation.SPLITS["dev"]["clips"][0]
     own = ablation.reference_caption(ref, "full")[0]
