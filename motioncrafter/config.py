@@ -62,6 +62,9 @@ class VideoConfig:
         _check(self.height >= 1 and self.width >= 1, "video.height/width", "must be positive")
 
 
+GUIDANCE_SPLITS = ("none", "text_first", "adapter_first")
+
+
 @dataclass
 class RenderConfig:
     num_steps: int = 25  # denoising steps
@@ -77,13 +80,17 @@ class RenderConfig:
     seeds: list[int] = field(default_factory=lambda: [0, 1])  # one video per prompt and seed; a sample is reproducible alone
     progress: bool = False  # progress bar over denoising steps
     adapter_schedule: list[list[float]] = field(default_factory=list)  # [[from_share, scale], ...]: motion adapters' scale by share of denoising steps done; [] = constant
-    motion_guidance: float = 0.0  # 0: the motion adapters on in both guidance branches | s > 0: the text's guidance from the base alone, plus s x the adapters' change to the prompt's prediction (one more UNet pass per step)
+    guidance_split: str = "none"  # none: the motion adapters on in both guidance branches | text_first | adapter_first: guidance split over the prompt and the adapters (render.py; one more UNet pass per step)
+    motion_guidance: float = 1.0  # the adapters' weight in a guidance split (render.guidance_split)
 
     def __post_init__(self) -> None:
         _check(self.scheduler in ("base", "ddim", "dpm"), "render.scheduler", f"{self.scheduler!r} is not base, ddim or dpm")
         starts = [p[0] for p in self.adapter_schedule if len(p) == 2]
         _check(len(starts) == len(self.adapter_schedule) and starts == sorted(starts) and all(0 <= s < 1 for s in starts),
                "render.adapter_schedule", f"must be [[from_share, scale], ...] with ascending shares in [0, 1), got {self.adapter_schedule}")
+        _check(self.guidance_split in GUIDANCE_SPLITS, "render.guidance_split", f"{self.guidance_split!r} is not one of {GUIDANCE_SPLITS}")
+        _check(self.guidance_split == "none" or self.guidance_scale != 1.0, "render.guidance_split",
+               "splits classifier-free guidance: needs render.guidance_scale != 1")
         _check(self.motion_guidance >= 0, "render.motion_guidance", f"must be >= 0, got {self.motion_guidance}")
         _check(self.num_steps >= 1, "render.num_steps", f"must be >= 1, got {self.num_steps}")
         _check(self.max_batch >= 1, "render.max_batch", f"must be >= 1, got {self.max_batch}")

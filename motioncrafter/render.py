@@ -10,15 +10,18 @@ was rendered in.
 ones the appearance, so e.g. `[[0, 1], [0.6, 0]]` lets the adapter shape the motion
 and leaves the appearance to the base.
 
-`cfg.motion_guidance` splits classifier-free guidance in two, as InstructPix2Pix does
-for its image and text conditions: the text's direction is taken from the base alone
-(motion adapters off, both branches), and the adapters' change to the conditional
-prediction is added on top, times the given weight:
+`cfg.guidance_split` splits classifier-free guidance over its two conditions, the
+prompt and the motion adapters, as InstructPix2Pix does over its image and text, with
+the adapters' weight s = `cfg.motion_guidance` and the text's g = `cfg.guidance_scale`:
 
-  pred = base(neg) + g * (base(prompt) - base(neg)) + s * (adapted(prompt) - base(prompt))
+  text_first     base(neg) + g (base(prompt) - base(neg)) + s (adapted(prompt) - base(prompt))
+  adapter_first  base(neg) + s (adapted(neg) - base(neg)) + g (adapted(prompt) - adapted(neg))
 
-Plain guidance runs the adapters in both branches, so g also scales whatever part of
-their change depends on the prompt. One more UNet pass per step (3 rows per sample, not 2).
+Plain guidance, adapted(neg) + g (adapted(prompt) - adapted(neg)), is adapter_first
+with s = 1. With d(x) = adapted(x) - base(x), the adapters' change, plain guidance is
+d(neg) + g (d(prompt) - d(neg)) on top of the base's guided prediction: `text_first`
+replaces that with s d(prompt), `adapter_first` scales its prompt-independent part
+d(neg) by s. One more UNet pass per step (3 rows per sample, not 2).
 """
 
 from __future__ import annotations
@@ -68,20 +71,26 @@ def denoise(base: BaseModel, prompts: list[str], noise: torch.Tensor, cfg: Rende
     guided = cfg.guidance_scale != 1.0
     text = base.encode_prompts(([cfg.negative_prompt] * len(prompts) if guided else []) + list(prompts))
     latents = noise * scheduler.init_noise_sigma
-    weights = ad.active_weights(base) if cfg.adapter_schedule or cfg.motion_guidance else {}
+    weights = ad.active_weights(base) if cfg.adapter_schedule or cfg.guidance_split != "none" else {}
     steps = scheduler.timesteps
     try:
         with dtype_read_once(base.unet):
             for i, t in enumerate(progress(steps, desc="denoise", disable=not cfg.progress, leave=False)):
                 now = {name: w * schedule_scale(cfg.adapter_schedule, i / len(steps)) for name, w in weights.items()}
                 model_in = scheduler.scale_model_input(torch.cat([latents] * 2) if guided else latents, t)
-                if now and cfg.motion_guidance:
+                n = len(latents)
+                if now and cfg.guidance_split == "text_first":
                     ad.set_weights(base, dict.fromkeys(now, 0.0))
                     plain = base.predict(model_in, t, text)
                     ad.set_weights(base, now)
-                    rows = slice(len(model_in) - len(latents), None)  # the prompts' rows (the negatives come first)
-                    adapted = base.predict(model_in[rows], t, text[rows])
-                    pred = _guided(plain, guided, cfg.guidance_scale) + cfg.motion_guidance * (adapted - plain[rows])
+                    adapted = base.predict(model_in[n:], t, text[n:])
+                    pred = _guided(plain, True, cfg.guidance_scale) + cfg.motion_guidance * (adapted - plain[n:])
+                elif now and cfg.guidance_split == "adapter_first":
+                    ad.set_weights(base, dict.fromkeys(now, 0.0))
+                    base_neg = base.predict(model_in[:n], t, text[:n])
+                    ad.set_weights(base, now)
+                    adapted_neg, adapted = base.predict(model_in, t, text).chunk(2)
+                    pred = base_neg + cfg.motion_guidance * (adapted_neg - base_neg) + cfg.guidance_scale * (adapted - adapted_neg)
                 else:
                     if now:
                         ad.set_weights(base, now)

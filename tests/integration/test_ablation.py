@@ -35,7 +35,7 @@ def table():
         "--split", "dev", "--clip", "1", "--protocols", "vague", "--prompts", "2", "--steps", "100",
         "--render-steps", "10", "--procs", "2", "--threads", "1",
         "--variant", "base", "--variant", "motioncrafter", "--variant", "inert=motioncrafter;tune.lr=1e-12",
-        "--also-render", "mg:render.motion_guidance=1",
+        "--also-render", "mg:render.guidance_split=text_first",
     ])
     _, summary = ablation.run(args)
     print(summary.to_string())

@@ -120,8 +120,8 @@ def test_a_table_of_stored_rows_draws_its_frontier_where_asked_and_not_over_the_
 
 
 def test_also_render_takes_render_settings_only() -> None:
-    args = ablation.parse_args(["--also-render", "mg:render.motion_guidance=1;render.guidance_scale=3"])
-    assert args.also_render == [("mg", ["render.motion_guidance=1", "render.guidance_scale=3"])]
+    args = ablation.parse_args(["--also-render", "mg:render.guidance_split=text_first;render.motion_guidance=2"])
+    assert args.also_render == [("mg", ["render.guidance_split=text_first", "render.motion_guidance=2"])]
     for bad in ("render.motion_guidance=1", "mg:tune.lr=1e-3", "mg:"):
         with pytest.raises(SystemExit):
             ablation.parse_args(["--also-render", bad])

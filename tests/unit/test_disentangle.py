@@ -302,6 +302,10 @@ def test_config_checks_the_new_switches():
         AdapterConfig(spatial_targets="resnet")
     with pytest.raises(ConfigError, match="render.adapter_schedule"):
         RenderConfig(adapter_schedule=[[0.5, 1.0], [0.2, 0.0]])
+    with pytest.raises(ConfigError, match="render.guidance_split"):
+        RenderConfig(guidance_split="both")
+    with pytest.raises(ConfigError, match="render.guidance_split.*guidance_scale"):
+        RenderConfig(guidance_split="text_first", guidance_scale=1.0)
     with pytest.raises(ConfigError, match="render.motion_guidance"):
         RenderConfig(motion_guidance=-1.0)
 
@@ -337,31 +341,36 @@ def test_render_schedule_changes_the_adapter_scale_per_step(bases, tuned, mc):
         ad.detach(base, "motion")
 
 
-def test_motion_guidance_takes_the_texts_direction_from_the_base_and_adds_the_adapters_change(bases, tuned):
-    """Each step: one pass with the adapter at scale 0 over both guidance branches, then one at its
-    scale over the prompts' rows only; afterwards the adapter is as it was. Without guidance and at
-    weight 1 the sum is the adapted prediction itself; with no adapter attached it is plain guidance."""
+@pytest.mark.parametrize("split", ["text_first", "adapter_first"])
+def test_a_guidance_split_runs_the_base_and_the_adapter_as_its_formula_says(bases, tuned, split):
+    """Each step: one pass with the adapter at scale 0 (text_first: both guidance branches; adapter_first:
+    the negative prompt's), then one at its scale over the other rows; afterwards the adapter is as it
+    was. adapter_first at weight 1 is plain guidance; with no adapter attached either split is."""
     base = bases["unet3d"]
     prompts = ["a red circle moves upward on a black background", "a blue square moves left on a white background"]
-    small = dict(num_steps=3, num_frames=4, height=16, width=16)
+    small = dict(num_steps=3, num_frames=4, height=16, width=16, guidance_scale=4.0)
     noise = initial_noise(base, [0, 1], RenderConfig(**small))
 
     def run(**kw):
         return denoise(base, prompts, noise, RenderConfig(**small, **kw))
 
-    assert torch.equal(run(guidance_scale=4.0, motion_guidance=1.0), run(guidance_scale=4.0))  # nothing attached
+    assert torch.equal(run(guidance_split=split, motion_guidance=1.5), run())  # nothing attached
     ad.attach(base, tuned("unet3d").adapter, "motion", scale=0.8)
     layer = next(m for m in base.unet.modules() if "motion" in getattr(m, "scaling", {}))
     seen = []
     hook = layer.register_forward_pre_hook(lambda m, args: seen.append((round(m.scaling["motion"], 6), args[0].shape[0])))
     try:
-        guided = run(guidance_scale=4.0, motion_guidance=1.5)
+        plain = run()
+        seen.clear()
+        split_run = run(guidance_split=split, motion_guidance=1.5)
         scale = round(0.8 * layer.lora_alpha["motion"] / layer.r["motion"], 6)
-        rows = seen[0][1]  # frames are folded into the batch: the prompts' pass has half as many rows
-        assert seen == [(0.0, rows), (scale, rows // 2)] * 3
+        rows = seen[1][1] if split == "text_first" else seen[0][1]  # rows of one branch (frames fold into the batch)
+        first, second = (2 * rows, rows) if split == "text_first" else (rows, 2 * rows)
+        assert seen == [(0.0, first), (scale, second)] * 3
         assert ad.active_weights(base) == {"motion": 0.8}
-        assert not torch.allclose(guided, run(guidance_scale=4.0), atol=1e-4)
-        torch.testing.assert_close(run(guidance_scale=1.0, motion_guidance=1.0), run(guidance_scale=1.0), atol=1e-5, rtol=1e-5)
+        assert not torch.allclose(split_run, plain, atol=1e-4)
+        if split == "adapter_first":
+            torch.testing.assert_close(run(guidance_split=split, motion_guidance=1.0), plain, atol=1e-5, rtol=1e-5)
     finally:
         hook.remove()
         ad.detach(base, "motion")
