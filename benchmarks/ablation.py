@@ -193,7 +193,8 @@ def run_job(variant: str, split: str, clip_index: int, level: str, args: argpars
     from motioncrafter.trainer import tune_clip
 
     name, mode, overrides = parse_variant(variant)
-    cfg = load_config(None, ([f"tune.mode={mode}"] if mode != "base" else []) + overrides)
+    mode_override = [f"tune.mode={mode}"] if mode != "base" else []
+    cfg = load_config(None, mode_override + overrides)
     setup = SPLITS[split]
     ref = setup["clips"][clip_index]
     clip = ref.clip()
@@ -203,8 +204,7 @@ def run_job(variant: str, split: str, clip_index: int, level: str, args: argpars
     # the variant's own render settings, and each --also-render's on top of them: one tuning run, several renders
     render_cfgs = {name: replace(cfg.render, num_steps=args.render_steps)}
     for suffix, extra in args.also_render:
-        render_cfgs[f"{name}+{suffix}"] = replace(load_config(None, ([f"tune.mode={mode}"] if mode != "base" else []) + overrides + extra).render,
-                                                 num_steps=args.render_steps)
+        render_cfgs[f"{name}+{suffix}"] = replace(load_config(None, mode_override + overrides + extra).render, num_steps=args.render_steps)
     adapters = {b: None for b in budgets}
     if mode != "base":
         result = tune_clip(_BASE, clip.frames, caption, tune, cfg.adapter, cfg.enhance, subject=subject, snapshot_at=tuple(budgets))

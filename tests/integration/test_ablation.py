@@ -51,9 +51,8 @@ def test_motioncrafter_carries_the_motion_and_an_inert_adapter_does_not(table) -
     assert not carries_the_motion(table, "inert")
 
 
-
 def test_also_render_renders_the_same_tuning_run_again_with_its_settings(table) -> None:
-    # motion guidance with no adapter attached is plain guidance: the base's rows come out the same
+    # a guidance split with no adapter attached is plain guidance: the base's rows come out the same
     scores = ["motion fidelity (all)", "appearance acc", "leakage", "diversity"]
     assert table.loc["base+mg", scores].tolist() == table.loc["base", scores].tolist()
     # on the tuned adapter it is another render of the same run (same tuning seconds), not the same video
