@@ -383,7 +383,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--procs", type=int, default=2, help="worker processes")
     p.add_argument("--threads", type=int, default=1, help="torch threads per worker")
     p.add_argument("--out", default="benchmarks/results/ablation.md")
-    p.add_argument("--from-parquet", action="append", dest="sources", metavar="FILE[:VARIANT[=NEW_NAME],...]",
+    p.add_argument("--from-parquet", action="append", dest="sources", metavar="FILE[@PROTOCOL][:VARIANT[=NEW_NAME],...]",
                    help="build the table from the rows of earlier runs (those variants only) instead of running jobs; "
                         "repeatable. Seconds per clip then compare only within one source")
     p.add_argument("--frontier", default="", metavar="PATH",
@@ -452,13 +452,19 @@ def run(args: argparse.Namespace, partial: Path | None = None):
 
 def combine(sources: list[str], protocols: tuple[str, ...] = tuple(CAPTION_LEVELS)):
     """The rows of earlier runs ('FILE' or 'FILE:VARIANT,...', 'VARIANT=NEW_NAME' renames) under `protocols`,
-    each tagged with its file."""
+    each tagged with its file; 'FILE@PROTOCOL' takes that file's rows of one protocol only (a table whose
+    protocols come from different sittings)."""
     import pandas as pd
 
     frames = []
     for source in sources:
         path, _, names = source.partition(":")
+        path, _, only = path.partition("@")
+        if only and only not in CAPTION_LEVELS:
+            raise SystemExit(f"--from-parquet {source}: {only!r} is not a protocol ({', '.join(CAPTION_LEVELS)})")
         df = pd.read_parquet(path)
+        if only:
+            df = df[df["protocol"] == only]
         if names:
             renames = dict((n.split("=", 1) + [n])[:2] for n in names.split(","))
             missing = set(renames) - set(df["variant"])

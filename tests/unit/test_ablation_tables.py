@@ -41,6 +41,10 @@ def test_combined_table_keeps_the_protocols_asked_and_says_so(tmp_path: Path) ->
     df, table = ablation.combine([str(both)], ("full",))
     assert set(df["protocol"]) == {"full"} and table["motion fidelity (all)"].tolist() == [pytest.approx(0.85)]
     assert len(ablation.combine([str(both)])[0]) == 4  # every protocol unless asked
+    one_each = ablation.combine([f"{both}@vague", f"{both}@full:motioncrafter=from_full"])[0]  # a protocol per source
+    assert sorted(zip(one_each["protocol"], one_each["variant"])) == [("full", "from_full")] * 2 + [("vague", "motioncrafter")] * 2
+    with pytest.raises(SystemExit, match="'blurry' is not a protocol"):
+        ablation.combine([f"{both}@blurry"])
     args = ablation.parse_args(["--from-parquet", str(both), "--protocols", "full"])
     assert ablation.table_options(args) == ["--protocols full"]
     assert ablation.table_options(ablation.parse_args(["--from-parquet", str(both)])) == []
