@@ -279,6 +279,8 @@ def attach(base, adapter: Adapter, name: str = "motion", scale: float = 1.0, che
     unet = base.unet
     if adapter.kind == "full":
         _attach_full(unet, adapter, name, scale)
+        # recorded as a LoRA's is by set_weights: a render schedule or guidance split scales what it finds here
+        unet._mc_weights = {**active_weights(base), name: scale}
         return
     config = adapter.meta.get("lora")
     if not config:

@@ -304,8 +304,8 @@ def test_config_checks_the_new_switches():
         RenderConfig(adapter_schedule=[[0.5, 1.0], [0.2, 0.0]])
     with pytest.raises(ConfigError, match="render.guidance_split"):
         RenderConfig(guidance_split="both")
-    with pytest.raises(ConfigError, match="render.guidance_split.*guidance_scale"):
-        RenderConfig(guidance_split="text_first", guidance_scale=1.0)
+    with pytest.raises(ConfigError, match="render.guidance_split.*guidance_scale = 1 turns off.*guidance_split = none"):
+        RenderConfig(guidance_scale=1.0)  # the default split needs guidance: the error says how to turn it off
     with pytest.raises(ConfigError, match="render.motion_guidance"):
         RenderConfig(motion_guidance=-1.0)
 
@@ -326,14 +326,15 @@ def test_render_schedule_changes_the_adapter_scale_per_step(bases, tuned, mc):
     seen = []
     hook = layer.register_forward_pre_hook(lambda m, args: seen.append((m.scaling["motion"], "motion" in m.active_adapters)))
     try:
-        cfg = RenderConfig(num_steps=4, guidance_scale=1.0, num_frames=4, height=16, width=16, adapter_schedule=[[0, 1], [0.5, 0]])
+        cfg = RenderConfig(num_steps=4, guidance_scale=1.0, guidance_split="none", num_frames=4, height=16, width=16,
+                           adapter_schedule=[[0, 1], [0.5, 0]])
         scheduled = render(base, ["a red circle moves upward on a black background"], [0], cfg)
         per_step = [(round(s * a, 6)) for s, a in seen]
         assert per_step == [round(0.8 * adapter.meta["lora"]["lora_alpha"] / adapter.meta["lora"]["r"], 6)] * 2 + [0.0] * 2
         assert ad.active_weights(base) == {"motion": 0.8}
         seen.clear()
         constant = render(base, ["a red circle moves upward on a black background"], [0], RenderConfig(
-            num_steps=4, guidance_scale=1.0, num_frames=4, height=16, width=16))
+            num_steps=4, guidance_scale=1.0, guidance_split="none", num_frames=4, height=16, width=16))
         assert len({round(s, 6) for s, _ in seen}) == 1
         assert not (scheduled == constant).all()
     finally:
@@ -351,8 +352,8 @@ def test_a_guidance_split_runs_the_base_and_the_adapter_as_its_formula_says(base
     small = dict(num_steps=3, num_frames=4, height=16, width=16, guidance_scale=4.0)
     noise = initial_noise(base, [0, 1], RenderConfig(**small))
 
-    def run(**kw):
-        return denoise(base, prompts, noise, RenderConfig(**small, **kw))
+    def run(guidance_split="none", **kw):
+        return denoise(base, prompts, noise, RenderConfig(**small, guidance_split=guidance_split, **kw))
 
     assert torch.equal(run(guidance_split=split, motion_guidance=1.5), run())  # nothing attached
     ad.attach(base, tuned("unet3d").adapter, "motion", scale=0.8)
@@ -373,4 +374,29 @@ def test_a_guidance_split_runs_the_base_and_the_adapter_as_its_formula_says(base
             torch.testing.assert_close(run(guidance_split=split, motion_guidance=1.0), plain, atol=1e-5, rtol=1e-5)
     finally:
         hook.remove()
+        ad.detach(base, "motion")
+
+
+def test_a_full_weights_adapter_is_scaled_by_a_guidance_split_and_a_schedule_too(bases, tuned):
+    """A full adapter (full fine-tuning, adapter.kind = full) has no LoRA scale: the sampler switches it by
+    setting the weights to base + w (tuned - base). Before, `attach` left it out of the weights a split or a
+    schedule scales, and both rendered it plainly without a word."""
+    base = bases["unet3d"]
+    small = dict(num_steps=3, num_frames=4, height=16, width=16, guidance_scale=4.0)
+    prompts = ["a red circle moves upward on a black background"]
+    noise = initial_noise(base, [0], RenderConfig(**small))
+
+    def run(**kw):
+        return denoise(base, prompts, noise, RenderConfig(**small, **kw))
+
+    ad.attach(base, tuned("unet3d", kind="full").adapter, "motion", scale=0.8)
+    attached = {k: v.clone() for k, v in base.unet.state_dict().items()}
+    try:
+        assert ad.active_weights(base) == {"motion": 0.8}
+        plain = run(guidance_split="none")
+        assert not torch.allclose(run(guidance_split="adapter_first", motion_guidance=0.0), plain, atol=1e-4)
+        torch.testing.assert_close(run(guidance_split="adapter_first", motion_guidance=1.0), plain, atol=1e-5, rtol=1e-5)
+        assert not torch.allclose(run(guidance_split="none", adapter_schedule=[[0, 1], [0.5, 0]]), plain, atol=1e-4)
+        assert all(torch.equal(v, attached[k]) for k, v in base.unet.state_dict().items())  # left at 0.8 after each
+    finally:
         ad.detach(base, "motion")

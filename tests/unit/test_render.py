@@ -74,7 +74,7 @@ def test_guidance(base, monkeypatch):
     encode = base.encode_prompts
     monkeypatch.setattr(base, "encode_prompts", lambda prompts: encoded.append(len(prompts)) or encode(prompts))
 
-    unguided = render(base, PROMPTS[:2], [0, 1], RenderConfig(num_steps=2, guidance_scale=1.0))
+    unguided = render(base, PROMPTS[:2], [0, 1], RenderConfig(num_steps=2, guidance_scale=1.0, guidance_split="none"))
     assert unguided.shape == (2, 8, 32, 32, 3)
     assert encoded == [2]  # no negative prompts, no doubled batch
     guided = render(base, PROMPTS[:2], [0, 1], CFG)
@@ -120,7 +120,8 @@ def test_max_batch_bounds_every_unet_call(base, guidance, rows):
     calls: list[int] = []
     handle = _batch_sizes(base.unet, calls)
     try:
-        render(base, PROMPTS, [3, 4, 5], RenderConfig(num_steps=2, max_batch=2, guidance_scale=guidance))
+        render(base, PROMPTS, [3, 4, 5], RenderConfig(num_steps=2, max_batch=2, guidance_scale=guidance,
+                                                      guidance_split="none" if guidance == 1.0 else "adapter_first"))
     finally:
         handle.remove()
     assert calls == [2 * rows] * 2 + [1 * rows] * 2  # 3 videos: a batch of 2, then 1; two steps each
