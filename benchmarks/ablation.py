@@ -217,12 +217,18 @@ def run_job(variant: str, split: str, clip_index: int, level: str, args: argpars
     pairs = [(p, s) for p in prompts for s in setup["render_seeds"]]
     truth = {"colour": ref.colour, "shape": ref.shape, "background": ref.background}
     rows = []
+    untuned: dict[str, np.ndarray] = {}  # the base's videos do not depend on the budget: rendered once per render setting
     for variant_name, budget, adapter, render_cfg in renders:
-        if adapter is not None:
-            attach(_BASE, adapter, "motion")
-        videos = render(_BASE, [p for p, _ in pairs], [s for _, s in pairs], render_cfg)
-        if adapter is not None:
-            detach(_BASE, "motion")
+        if adapter is None and variant_name in untuned:
+            videos = untuned[variant_name]
+        else:
+            if adapter is not None:
+                attach(_BASE, adapter, "motion")
+            videos = render(_BASE, [p for p, _ in pairs], [s for _, s in pairs], render_cfg)
+            if adapter is not None:
+                detach(_BASE, "motion")
+            else:
+                untuned[variant_name] = videos
         for k, ((prompt, seed), video) in enumerate(zip(pairs, videos)):
             same_prompt = [v for (p, _), v in zip(pairs, videos) if p == prompt]
             rows.append({
